@@ -1,0 +1,83 @@
+"""Leave-one-out evaluation of the adapter on a set of users (DESIGN.md, evaluation protocol).
+
+Full ranking over every item except the items in the user's input history (for the test item:
+training items + the validation item; for the validation item: training items). Sampled
+ranking (1 positive + 99 negatives the user never touched) is the labelled secondary.
+Results are sums and counts, so clients' results add up to the user-weighted mean exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from common.data.types import LeaveOneOutSplit
+from common.metrics.ranking import MetricSums, full_ranks, sample_negatives, sampled_ranks
+from common.model.recommender import TextSeqRec
+from common.training import left_pad
+
+
+def histories(split: LeaveOneOutSplit, rows: np.ndarray, which: str) -> tuple[list[np.ndarray], np.ndarray]:
+    """Input history and held-out target of each user in ``rows`` for ``which`` = test|valid."""
+    if which == "test":
+        hist = [np.append(split.train[r], split.valid[r]) for r in rows]
+        return hist, split.test[rows]
+    if which == "valid":
+        return [split.train[r] for r in rows], split.valid[rows]
+    raise ValueError(f"eval.split={which!r}: expected test or valid")
+
+
+def user_negatives(split: LeaveOneOutSplit, rows: np.ndarray, num: int, seed: int) -> np.ndarray:
+    """Sampled negatives per user, keyed by the user's own split row so that any grouping of
+    users into clients sees the same negatives (federated = centralized evaluation)."""
+    seen = [np.concatenate([split.train[r], [split.valid[r], split.test[r]]]) for r in rows]
+    return sample_negatives(split.num_items, seen, num=num, seed=seed, user_keys=rows)
+
+
+@torch.no_grad()
+def user_scores(model: TextSeqRec, item_vectors: torch.Tensor, hist: list[np.ndarray]) -> torch.Tensor:
+    """Scores [users, items] of every item for each user's next interaction."""
+    model.eval()
+    ids, pad = left_pad(hist, model.max_len)
+    ids, pad = ids.to(item_vectors.device), pad.to(item_vectors.device)
+    return model.user_states(ids, pad) @ item_vectors.T
+
+
+def evaluate_users(
+    model: TextSeqRec,
+    split: LeaveOneOutSplit,
+    rows: np.ndarray,
+    which: str = "test",
+    sampled_negatives: int = 99,
+    seed: int = 0,
+) -> MetricSums:
+    """Metric sums of ``model`` over the users in ``rows`` (split-row indices)."""
+    model.eval()
+    items = model.item_vectors(split.num_items)  # once, not per batch of users
+    score = lambda hist: user_scores(model, items, hist).cpu().numpy()  # noqa: E731
+    return evaluate_scorer(score, split, rows, which, sampled_negatives, seed)
+
+
+def evaluate_scorer(
+    score: Callable[[list[np.ndarray]], np.ndarray],
+    split: LeaveOneOutSplit,
+    rows: np.ndarray,
+    which: str = "test",
+    sampled_negatives: int = 99,
+    seed: int = 0,
+    batch_size: int = 512,
+) -> MetricSums:
+    """Metric sums of any scorer mapping users' histories to scores [users, items]."""
+    sums = MetricSums()
+    rows = np.asarray(rows, dtype=np.int64)
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        hist, targets = histories(split, chunk, which)
+        scores = score(hist)
+        sums.add(full_ranks(scores, targets, hist))
+        if sampled_negatives:
+            negs = user_negatives(split, chunk, sampled_negatives, seed)
+            sums.add(sampled_ranks(scores, targets, negs), prefix="sampled_")
+    return sums

@@ -1,0 +1,143 @@
+"""Local training of the recommender adapter, with or without Opacus DP-SGD.
+
+One training example is one user's whole history (all-positions loss), so per-example
+clipping bounds each user's influence: the DP guarantee is user-level.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from common.model.recommender import TextSeqRec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DPSettings:
+    """The per-client DP-SGD mechanism, fixed once for the whole training plan."""
+
+    noise_multiplier: float
+    max_grad_norm: float
+    secure_mode: bool = False
+
+
+def steps_per_epoch(num_users: int, batch_size: int) -> int:
+    return max(1, math.ceil(num_users / batch_size))
+
+
+def sample_rate(num_users: int, batch_size: int) -> float:
+    """Poisson sampling rate q Opacus uses for a loader of this size (1 / batches per epoch)."""
+    return 1.0 / steps_per_epoch(num_users, batch_size)
+
+
+def left_pad(seqs: list[np.ndarray], length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Last ``length`` items of each sequence, left-padded with item 0; mask True = padding."""
+    ids = torch.zeros(len(seqs), length, dtype=torch.long)
+    pad = torch.ones(len(seqs), length, dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        s = s[-length:]
+        if len(s):
+            ids[i, length - len(s) :] = torch.as_tensor(s, dtype=torch.long)
+            pad[i, length - len(s) :] = False
+    return ids, pad
+
+
+def user_loss(
+    model: torch.nn.Module,
+    seqs: list[np.ndarray],
+    max_len: int,
+    num_items: int,
+    num_negatives: int,
+    gen: torch.Generator,
+    device: torch.device,
+) -> torch.Tensor:
+    """Per-user sampled-softmax loss averaged over the user's positions, shape [B].
+
+    Negatives are drawn uniformly per user (shared by the user's positions); a negative equal
+    to the true next item is masked out.
+    """
+    inp, pad = left_pad([s[:-1] for s in seqs], max_len)
+    tgt, tgt_pad = left_pad([s[1:] for s in seqs], max_len)
+    inp, pad, tgt = inp.to(device), pad.to(device), tgt.to(device)
+    neg = torch.randint(0, num_items, (len(seqs), num_negatives), generator=gen).to(device)
+    pos_s, neg_s = model(inp, pad, tgt, neg)
+    neg_s = neg_s.masked_fill(neg[:, None, :] == tgt[:, :, None], float("-inf"))
+    logits = torch.cat([pos_s.unsqueeze(-1), neg_s], dim=-1)
+    nll = -F.log_softmax(logits, dim=-1)[..., 0]
+    valid = (~tgt_pad).to(device).float()
+    return (nll * valid).sum(1) / valid.sum(1).clamp(min=1.0)
+
+
+def train_local(
+    model: TextSeqRec,
+    sequences: list[np.ndarray],
+    num_items: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    num_negatives: int,
+    seed: int,
+    dp: DPSettings | None = None,
+    weight_decay: float = 0.0,
+) -> dict:
+    """Train ``model`` in place on users' training sequences; returns loss and step counts.
+
+    With ``dp`` the batches are Poisson-sampled at rate 1/ceil(n/batch_size) and every step
+    clips each user's gradient and adds Gaussian noise (Opacus). The caller records the steps
+    in its accountant; this function never decides the noise level.
+    """
+    seqs = [s for s in sequences if len(s) >= 2]
+    if not seqs:
+        return {"loss": float("nan"), "steps": 0, "users": 0}
+    gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    index = torch.utils.data.TensorDataset(torch.arange(len(seqs)))
+    loader = torch.utils.data.DataLoader(
+        index, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
+    )
+    net: torch.nn.Module = model
+    if dp is not None:
+        net, optimizer, loader = _make_private(model, optimizer, loader, dp, seed)
+    losses, steps = [], 0
+    for _ in range(epochs):
+        for (batch,) in loader:
+            batch_seqs = [seqs[i] for i in batch.tolist()]
+            optimizer.zero_grad(set_to_none=True)
+            per_user = user_loss(net, batch_seqs, model.max_len, num_items, num_negatives, gen, device)
+            loss = per_user.sum() / max(len(batch_seqs), 1)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            if len(batch_seqs):
+                losses.append(loss.item())
+    if dp is not None:
+        net._close()  # drop Opacus hooks; ``model`` itself holds the trained weights
+    return {"loss": float(np.mean(losses)) if losses else float("nan"), "steps": steps, "users": len(seqs)}
+
+
+def _make_private(model, optimizer, loader, dp: DPSettings, seed: int):
+    from opacus import PrivacyEngine
+
+    with warnings.catch_warnings():
+        # Opacus warns about the insecure RNG on every engine; secure_mode is a config choice.
+        warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
+        engine = PrivacyEngine(secure_mode=dp.secure_mode)
+        return engine.make_private(
+            module=model,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=dp.noise_multiplier,
+            max_grad_norm=dp.max_grad_norm,
+            poisson_sampling=True,
+            noise_generator=None if dp.secure_mode else torch.Generator().manual_seed(seed + 1),
+        )
