@@ -1,0 +1,121 @@
+"""fedrec ClientApp: local DP-SGD training of the shared adapter and local evaluation.
+
+Thin wiring; the logic lives in ``common/``. The client's privacy accountant lives in its
+Flower ``context.state`` so it persists across rounds and is never reset.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import lru_cache
+
+import numpy as np
+from flwr.app import ConfigRecord, Context
+from flwr.client import ClientApp, NumPyClient
+
+from common.config import compose
+from common.device import resolve_device
+from common.evaluation import evaluate_users
+from common.privacy.accounting import AccountantState
+from common.serialization import get_weights, set_weights
+from common.task import ClientPlan, build_model, federated_plan, load_run_data, training_sequences
+from common.training import train_local
+
+ACCOUNTANT_KEY = "dp_accountant"
+PLAN_KEY = "dp_plan"
+
+
+@lru_cache(maxsize=8)
+def _config(overrides: str):
+    return compose(overrides)
+
+
+class RecommenderClient(NumPyClient):
+    def __init__(self, context: Context) -> None:
+        self.cfg = _config(str(context.run_config.get("overrides", "")))
+        self.client_id = int(context.node_config["partition-id"])
+        self.run = load_run_data(self.cfg)
+        if self.client_id >= self.run.num_clients:
+            raise ValueError(
+                f"partition-id {self.client_id} but the partition has {self.run.num_clients} clients"
+            )
+        self.rows = self.run.partitions[self.client_id]
+        self.state = context.state
+        self.device = resolve_device(self.cfg.device)
+
+    def _model(self, parameters: list[np.ndarray]):
+        model = build_model(self.cfg, self.run)
+        set_weights(model, parameters)
+        return model.to(self.device)
+
+    def _accountant(self) -> AccountantState:
+        record = self.state.config_records.get(ACCOUNTANT_KEY)
+        return AccountantState.from_dict(dict(record)) if record is not None else AccountantState()
+
+    def _plan(self) -> ClientPlan:
+        """The DP plan, computed at the first round and kept in the client's state: the noise
+        multiplier is fixed for the whole plan, never recomputed per round."""
+        record = self.state.config_records.get(PLAN_KEY)
+        if record is not None:
+            return ClientPlan.from_dict(dict(record))
+        plan = federated_plan(self.cfg, self.run, self.client_id)
+        self.state.config_records[PLAN_KEY] = ConfigRecord(plan.to_dict())
+        return plan
+
+    def fit(self, parameters, config):
+        start = time.perf_counter()
+        model = self._model(parameters)
+        server_round = int(config.get("server_round", 0))
+        seqs = training_sequences(self.run.split, self.rows)
+        dp = None
+        metrics: dict = {"client_id": self.client_id, "num_users": len(self.rows)}
+        if self.cfg.privacy.enabled:
+            plan = self._plan()
+            dp = plan.dp
+        result = train_local(
+            model,
+            seqs,
+            self.run.data.num_items,
+            epochs=self.cfg.strategy.local_epochs,
+            batch_size=self.cfg.train.batch_size,
+            lr=self.cfg.train.lr,
+            num_negatives=self.cfg.model.num_negatives,
+            seed=self.cfg.seed * 100_003 + server_round * 1_009 + self.client_id,
+            dp=dp,
+            weight_decay=self.cfg.train.weight_decay,
+        )
+        if dp is not None:
+            accountant = self._accountant()
+            accountant.add(plan.dp.noise_multiplier, plan.sample_rate, result["steps"])
+            self.state.config_records[ACCOUNTANT_KEY] = ConfigRecord(accountant.to_dict())
+            metrics.update(
+                epsilon=accountant.epsilon(plan.delta, self.cfg.privacy.accountant),
+                delta=plan.delta,
+                noise_multiplier=plan.dp.noise_multiplier,
+                sample_rate=plan.sample_rate,
+                steps_total=accountant.steps,
+            )
+        metrics.update(train_loss=result["loss"], steps=result["steps"], fit_seconds=time.perf_counter() - start)
+        return get_weights(model), len(self.rows), metrics
+
+    def evaluate(self, parameters, config):
+        model = self._model(parameters)
+        sums = evaluate_users(
+            model,
+            self.run.split,
+            self.rows,
+            which=self.cfg.eval.split,
+            sampled_negatives=self.cfg.eval.sampled_negatives,
+            seed=self.cfg.seed,
+        )
+        metrics = sums.to_dict()
+        metrics["client_id"] = self.client_id
+        means = sums.means()
+        return float(1.0 - means.get("ndcg@10", 0.0)), len(self.rows), metrics
+
+
+def client_fn(context: Context):
+    return RecommenderClient(context).to_client()
+
+
+app = ClientApp(client_fn=client_fn)

@@ -1,0 +1,90 @@
+"""A run's output folder (DESIGN.md): config.yaml, metrics.jsonl, summary.json.
+
+``summary.json`` is written once, atomically, and only when the run completed, so a folder
+without it is an incomplete run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from common.config import to_yaml
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _clean(value: Any) -> Any:
+    """JSON without NaN/Infinity (not valid JSON): non-finite floats become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item"):  # numpy scalars
+        return _clean(value.item())
+    return value
+
+
+class RunStore:
+    def __init__(self, directory: str | Path) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def summary_path(self) -> Path:
+        return self.dir / "summary.json"
+
+    def write_config(self, cfg: DictConfig) -> None:
+        _atomic_write(self.dir / "config.yaml", to_yaml(cfg))
+
+    def reset_metrics(self) -> None:
+        (self.dir / "metrics.jsonl").unlink(missing_ok=True)
+
+    def append_metrics(self, row: dict) -> None:
+        with open(self.dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(_clean(row), sort_keys=True) + "\n")
+
+    def read_metrics(self) -> list[dict]:
+        path = self.dir / "metrics.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def write_summary(self, summary: dict) -> None:
+        _atomic_write(self.summary_path, json.dumps(_clean(summary), indent=2, sort_keys=True))
+
+    def read_summary(self) -> dict:
+        return json.loads(self.summary_path.read_text())
+
+
+def split_metrics(means: dict[str, float]) -> dict[str, dict[str, float]]:
+    """{"full": {...}, "sampled": {...}} from flat means with "sampled_" prefixes."""
+    full = {k: v for k, v in means.items() if not k.startswith("sampled_")}
+    sampled = {k.removeprefix("sampled_"): v for k, v in means.items() if k.startswith("sampled_")}
+    return {"full": full, "sampled": sampled}
+
+
+def data_block(run) -> dict:
+    """The summary's ``data`` block: sizes, drops and the share of tied test timestamps."""
+    s = run.split.stats
+    return {
+        "dataset": run.data.name,
+        "users": run.split.num_users,
+        "items": run.data.num_items,
+        "interactions": int(sum(len(x) for x in run.data.sequences)),
+        "users_dropped": int(s.get("users_dropped", 0)),
+        "test_timestamp_tied_share": s.get("test_timestamp_tied_share"),
+        "clients": run.num_clients,
+        "client_users": [int(len(p)) for p in run.partitions],
+    }

@@ -1,0 +1,195 @@
+"""What one run needs, built from the config: data, split, partition, item embeddings, model,
+and each client's DP plan. Used alike by the ClientApp, the ServerApp and the baselines.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from common.data import load_dataset
+from common.data.partition import partition_users
+from common.data.split import leave_one_out
+from common.data.types import InteractionData, LeaveOneOutSplit
+from common.model.item_encoder import encode_texts
+from common.model.recommender import FrozenText, TextSeqRec
+from common.privacy.accounting import check_delta, noise_multiplier_for_plan
+from common.training import DPSettings, sample_rate, steps_per_epoch
+
+
+@dataclass
+class RunData:
+    data: InteractionData
+    split: LeaveOneOutSplit
+    partitions: list[np.ndarray]  # split-row indices per client
+    item_text: np.ndarray  # [num_items, text_dim] frozen LM embeddings
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.partitions)
+
+
+def _data_key(cfg: DictConfig) -> str:
+    part = {k: cfg.get(k) for k in ("dataset", "partition", "seed")}
+    part["model"] = {"name": cfg.model.name, "lm": cfg.model.lm}
+    part["cache_dir"] = cfg.get("cache_dir")
+    return json.dumps(OmegaConf.to_container(OmegaConf.create(part), resolve=True), sort_keys=True)
+
+
+def load_run_data(cfg: DictConfig) -> RunData:
+    """Data, split, partition and embeddings for ``cfg``; cached per process, so a simulated
+    client reuses them across rounds instead of re-reading and re-encoding."""
+    return _load_run_data(_data_key(cfg))
+
+
+@lru_cache(maxsize=4)
+def _load_run_data(key: str) -> RunData:
+    cfg = OmegaConf.create(json.loads(key))
+    ds = cfg.dataset
+    extra = {k: v for k, v in ds.items() if k not in ("name", "path")}
+    data = load_dataset(ds.name, ds.get("path"), **extra)
+    split = leave_one_out(data)
+    p = cfg.partition
+    partitions = partition_users(
+        split,
+        scheme=p.scheme,
+        num_clients=p.get("num_clients"),
+        seed=cfg.seed,
+        attributes=data.user_attributes,
+        attribute=p.get("attribute"),
+        alpha=p.get("alpha", 0.5),
+        num_clusters=p.get("num_clusters", 10),
+    )
+    lm = cfg.model.lm
+    text = encode_texts(data.item_text, lm.path, lm.max_length, lm.batch_size, cfg.get("cache_dir"))
+    return RunData(data, split, partitions, text)
+
+
+def build_model(cfg: DictConfig, run: RunData) -> TextSeqRec:
+    """The recommender for ``cfg.model``, initialised identically by every party (seeded)."""
+    m = cfg.model
+    torch.manual_seed(cfg.seed)
+    if m.name == "projection":
+        text = FrozenText(torch.as_tensor(run.item_text))
+    elif m.name == "lora":
+        from common.model.lora_text import LoraText
+
+        states, mask = _lower_states(run, m.lm.path, m.top_layers, m.lm.max_length, cfg.get("cache_dir"))
+        text = LoraText(m.lm.path, states, mask, m.top_layers, m.lora_r, m.lora_alpha, tuple(m.lora_targets))
+    else:
+        raise ValueError(f"model={m.name!r}: known models are projection, lora")
+    return TextSeqRec(
+        text,
+        num_items=run.data.num_items,
+        dim=m.dim,
+        max_len=m.max_len,
+        layers=m.layers,
+        heads=m.heads,
+        dropout=m.dropout,
+        item_ids=m.item_ids,
+    )
+
+
+_LOWER: dict = {}
+
+
+def _lower_states(run: RunData, lm_path, top_layers: int, max_length: int, cache_dir):
+    """Lower-layer token states, read from the disk cache once per process."""
+    key = (id(run), lm_path, top_layers, max_length)
+    if key not in _LOWER:
+        from common.model.lora_text import cached_lower_states
+
+        _LOWER.clear()
+        _LOWER[key] = cached_lower_states(run.data.item_text, lm_path, top_layers, max_length, cache_dir=cache_dir)
+    return _LOWER[key]
+
+
+def adapter_config(cfg: DictConfig, run: RunData) -> dict:
+    """What a reader needs to rebuild the model around a saved adapter."""
+    return {
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "num_items": run.data.num_items,
+        "text_dim": int(run.item_text.shape[1]),
+        "dataset": run.data.name,
+    }
+
+
+def training_sequences(split: LeaveOneOutSplit, rows: np.ndarray) -> list[np.ndarray]:
+    return [split.train[r] for r in rows]
+
+
+def default_delta(num_users: int) -> float:
+    """The largest power of ten at or below 1/(10·users): comfortably under 1/users."""
+    return 10.0 ** math.floor(math.log10(1.0 / (10.0 * num_users)))
+
+
+def run_delta(cfg: DictConfig, num_users: int) -> float | None:
+    if not cfg.privacy.enabled:
+        return None
+    return float(cfg.privacy.delta) if cfg.privacy.delta is not None else default_delta(num_users)
+
+
+@dataclass(frozen=True)
+class ClientPlan:
+    """One client's DP-SGD plan: fixed before training, never recomputed per round."""
+
+    num_users: int
+    sample_rate: float
+    steps_per_round: int
+    total_steps: int
+    delta: float
+    dp: DPSettings
+
+    def to_dict(self) -> dict:
+        """Flat scalars, to keep the plan in a Flower ConfigRecord."""
+        return {
+            "num_users": self.num_users, "sample_rate": self.sample_rate,
+            "steps_per_round": self.steps_per_round, "total_steps": self.total_steps,
+            "delta": self.delta, "noise_multiplier": self.dp.noise_multiplier,
+            "max_grad_norm": self.dp.max_grad_norm, "secure_mode": self.dp.secure_mode,
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ClientPlan":
+        dp = DPSettings(float(d["noise_multiplier"]), float(d["max_grad_norm"]), bool(d["secure_mode"]))
+        return cls(int(d["num_users"]), float(d["sample_rate"]), int(d["steps_per_round"]),
+                   int(d["total_steps"]), float(d["delta"]), dp)  # fmt: skip
+
+
+def client_plan(
+    cfg: DictConfig, num_users: int, total_users: int, rounds: int, epochs_per_round: int
+) -> ClientPlan:
+    """The noise multiplier that spends exactly ``privacy.epsilon`` over the whole plan
+    (every round the client could be sampled in × local steps). Raises PrivacyConfigError for
+    a δ too large for the client's users or an ε no noise level reaches."""
+    delta = run_delta(cfg, total_users)
+    check_delta(delta, num_users)
+    per_round = epochs_per_round * steps_per_epoch(num_users, cfg.train.batch_size)
+    total = per_round * rounds
+    q = sample_rate(num_users, cfg.train.batch_size)
+    sigma = _noise_multiplier(float(cfg.privacy.epsilon), delta, q, total, cfg.privacy.accountant)
+    dp = DPSettings(sigma, float(cfg.privacy.max_grad_norm), bool(cfg.privacy.secure_mode))
+    return ClientPlan(num_users, q, per_round, total, delta, dp)
+
+
+@lru_cache(maxsize=256)
+def _noise_multiplier(epsilon: float, delta: float, q: float, steps: int, accountant: str) -> float:
+    # The search takes seconds; clients of equal size share one plan.
+    return noise_multiplier_for_plan(epsilon, delta, q, steps, accountant)
+
+
+def federated_plan(cfg: DictConfig, run: RunData, client: int) -> ClientPlan:
+    """Client ``client``'s plan in a federated run: every round × strategy.local_epochs."""
+    return client_plan(
+        cfg,
+        len(run.partitions[client]),
+        run.split.num_users,
+        cfg.strategy.num_rounds,
+        cfg.strategy.local_epochs,
+    )

@@ -1,0 +1,120 @@
+"""FedAvg over the adapter, recording every round into the run folder.
+
+Weighted by each client's number of training users (``num_examples``). Federated evaluation
+aggregates metric *sums* and counts, so the result is exactly the user-weighted mean.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from flwr.common import FitIns, parameters_to_ndarrays
+from flwr.server.strategy import FedAvg
+
+from common.metrics.ranking import MetricSums
+from common.run_store import RunStore
+from common.serialization import num_bytes
+
+log = logging.getLogger("fedrec")
+
+
+class RecommenderFedAvg(FedAvg):
+    def __init__(self, store: RunStore, num_rounds: int, evaluate_every: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.store = store
+        self.num_rounds = num_rounds
+        self.evaluate_every = evaluate_every
+        self.latest_parameters = kwargs.get("initial_parameters")
+        self.client_privacy: dict[int, dict] = {}
+        self.final_eval: MetricSums | None = None
+        self.client_eval: dict[int, dict] = {}
+        self.rounds_completed = 0
+        self._row: dict = {}
+        self._round_start = time.perf_counter()
+        self.round_seconds: list[float] = []
+
+    def _evaluates(self, server_round: int) -> bool:
+        if server_round == self.num_rounds:
+            return True
+        return self.evaluate_every > 0 and server_round % self.evaluate_every == 0
+
+    def configure_fit(self, server_round, parameters, client_manager):
+        self._round_start = time.perf_counter()
+        ins = super().configure_fit(server_round, parameters, client_manager)
+        down = num_bytes(parameters_to_ndarrays(parameters))
+        self._row = {"round": server_round, "clients": len(ins), "bytes_down_per_client": down}
+        # The round number lets clients seed their local training reproducibly.
+        return [(c, FitIns(f.parameters, {**f.config, "server_round": server_round})) for c, f in ins]
+
+    def aggregate_fit(self, server_round, results, failures):
+        parameters, _ = super().aggregate_fit(server_round, results, failures)
+        if parameters is not None:
+            self.latest_parameters = parameters
+        users = sum(r.num_examples for _, r in results)
+        loss = sum(r.num_examples * float(r.metrics["train_loss"]) for _, r in results) / max(users, 1)
+        eps = {}
+        for _, r in results:
+            m = r.metrics
+            cid = int(m["client_id"])
+            if "epsilon" in m:
+                eps[cid] = float(m["epsilon"])
+                self.client_privacy[cid] = {
+                    "epsilon": float(m["epsilon"]),
+                    "delta": float(m["delta"]),
+                    "noise_multiplier": float(m["noise_multiplier"]),
+                    "sample_rate": float(m["sample_rate"]),
+                    "steps": int(m["steps_total"]),
+                    "users": int(m["num_users"]),
+                }
+        up = [num_bytes(parameters_to_ndarrays(r.parameters)) for _, r in results]
+        self._row.update(
+            train_loss=loss,
+            clients_ok=len(results),
+            clients_failed=len(failures),
+            epsilon_max=max(eps.values()) if eps else None,
+            epsilon_per_client={str(k): v for k, v in sorted(eps.items())},
+            bytes_up_per_client=max(up) if up else 0,
+            fit_seconds=time.perf_counter() - self._round_start,
+        )
+        if failures:
+            log.warning("round %d: %d client(s) failed to train", server_round, len(failures))
+        return parameters, {}
+
+    def configure_evaluate(self, server_round, parameters, client_manager):
+        if not self._evaluates(server_round):
+            self._end_round()
+            return []
+        return super().configure_evaluate(server_round, parameters, client_manager)
+
+    def aggregate_evaluate(self, server_round, results, failures):
+        total = MetricSums()
+        for _, r in results:
+            m = dict(r.metrics)
+            client = MetricSums.from_dict(m)
+            self.client_eval[int(m["client_id"])] = {"users": r.num_examples, **client.means()}
+            total = total.merge(client)
+        means = total.means()
+        self._row.update({f"eval_{k}": v for k, v in means.items()})
+        self._row["eval_users"] = total.counts.get("", 0)
+        if server_round == self.num_rounds:
+            self.final_eval = total
+        self._end_round()
+        return means.get("ndcg@10"), means
+
+    def _end_round(self) -> None:
+        seconds = time.perf_counter() - self._round_start
+        self._row["seconds"] = seconds
+        self.round_seconds.append(seconds)
+        self.rounds_completed = self._row["round"]
+        self.store.append_metrics(self._row)
+        eps = self._row.get("epsilon_max")
+        log.info(
+            "round %d/%d  loss %.4f  %s%s  %.1fs",
+            self._row["round"],
+            self.num_rounds,
+            self._row.get("train_loss", float("nan")),
+            f"ndcg@10 {self._row['eval_ndcg@10']:.4f}  " if "eval_ndcg@10" in self._row else "",
+            f"eps {eps:.2f}" if eps is not None else "eps inf",
+            seconds,
+        )

@@ -1,0 +1,107 @@
+"""Baselines in the same harness and summary format: popularity, and the same model trained
+centralized (all users in one place), with or without DP."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+from omegaconf import DictConfig
+
+from common.device import resolve_device
+from common.evaluation import evaluate_scorer, evaluate_users
+from common.privacy.accounting import AccountantState
+from common.run_store import RunStore, data_block, split_metrics
+from common.serialization import num_bytes, get_weights, save_adapter
+from common.task import RunData, adapter_config, build_model, client_plan, training_sequences
+from common.training import train_local
+
+log = logging.getLogger("fedrec")
+
+
+def popularity_scores(split, which: str) -> np.ndarray:
+    """Interaction counts per item over every user's input history for ``which``."""
+    items = [split.train[r] for r in range(split.num_users)]
+    if which == "test":
+        items.append(split.valid)
+    return np.bincount(np.concatenate(items), minlength=split.num_items).astype(np.float64)
+
+
+def run_popularity(cfg: DictConfig, run: RunData, store: RunStore) -> dict:
+    start = time.perf_counter()
+    counts = popularity_scores(run.split, cfg.eval.split)
+    score = lambda hist: np.broadcast_to(counts, (len(hist), counts.size))  # noqa: E731
+    rows = np.arange(run.split.num_users)
+    sums = evaluate_scorer(score, run.split, rows, cfg.eval.split, cfg.eval.sampled_negatives, cfg.seed)
+    store.append_metrics({"round": 0, **{f"eval_{k}": v for k, v in sums.means().items()}})
+    return _summary(cfg, run, "popularity", sums, None, time.perf_counter() - start, [])
+
+
+def run_centralized(cfg: DictConfig, run: RunData, store: RunStore) -> dict:
+    """The federated model's architecture trained on all users at once for train.epochs."""
+    start = time.perf_counter()
+    model = build_model(cfg, run).to(resolve_device(cfg.device))
+    rows = np.arange(run.split.num_users)
+    seqs = training_sequences(run.split, rows)
+    plan = None
+    accountant = AccountantState()
+    if cfg.privacy.enabled:
+        plan = client_plan(cfg, len(rows), len(rows), rounds=1, epochs_per_round=cfg.train.epochs)
+    epoch_seconds = []
+    for epoch in range(1, cfg.train.epochs + 1):
+        t = time.perf_counter()
+        result = train_local(
+            model, seqs, run.data.num_items, epochs=1, batch_size=cfg.train.batch_size, lr=cfg.train.lr,
+            num_negatives=cfg.model.num_negatives, seed=cfg.seed * 100_003 + epoch,
+            dp=plan.dp if plan else None, weight_decay=cfg.train.weight_decay,
+        )  # fmt: skip
+        row = {"round": epoch, "train_loss": result["loss"]}
+        if plan:
+            accountant.add(plan.dp.noise_multiplier, plan.sample_rate, result["steps"])
+            row["epsilon_max"] = accountant.epsilon(plan.delta, cfg.privacy.accountant)
+        epoch_seconds.append(time.perf_counter() - t)
+        row["seconds"] = epoch_seconds[-1]
+        store.append_metrics(row)
+        log.info("epoch %d/%d  loss %.4f  %s", epoch, cfg.train.epochs, result["loss"],
+                 f"eps {row['epsilon_max']:.2f}" if plan else "eps inf")  # fmt: skip
+    sums = evaluate_users(model, run.split, rows, cfg.eval.split, cfg.eval.sampled_negatives, cfg.seed)
+    save_adapter(model.cpu(), adapter_config(cfg, run), store.dir / "adapter")
+    privacy = None
+    if plan:
+        privacy = {
+            "epsilon": accountant.epsilon(plan.delta, cfg.privacy.accountant),
+            "delta": plan.delta,
+            "noise_multiplier": plan.dp.noise_multiplier,
+            "sample_rate": plan.sample_rate,
+            "steps": accountant.steps,
+            "users": len(rows),
+        }
+    summary = _summary(cfg, run, "centralized", sums, privacy, time.perf_counter() - start, epoch_seconds)
+    summary["communication"] = {"adapter_bytes": num_bytes(get_weights(model))}
+    return summary
+
+
+def _summary(cfg, run, kind, sums, privacy, seconds, epoch_seconds) -> dict:
+    return {
+        "kind": kind,
+        "metrics": split_metrics(sums.means()),
+        "eval_users": sums.counts.get("", 0),
+        "privacy": {
+            "unit": "user",
+            "enabled": privacy is not None,
+            "mechanism": "dp-sgd (central)" if privacy else "none",
+            "accountant": cfg.privacy.accountant if privacy else None,
+            "epsilon_target": cfg.privacy.epsilon if privacy else None,
+            "delta": privacy["delta"] if privacy else None,
+            "epsilon_max": privacy["epsilon"] if privacy else None,
+            "per_client": {"central": privacy} if privacy else {},
+        },
+        "fairness": {},
+        "timing": {
+            "seconds_total": seconds,
+            "seconds_per_round": float(np.mean(epoch_seconds)) if epoch_seconds else None,
+            "rounds": len(epoch_seconds),
+        },
+        "data": data_block(run),
+    }

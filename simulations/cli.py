@@ -1,0 +1,47 @@
+"""The ``fedrec`` console script. Subcommands grow with the issues; each has --help."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from simulations.table import format_table
+
+
+def _table(args: argparse.Namespace) -> int:
+    rows = []
+    for d in args.run_dirs:
+        path = Path(d) / "summary.json"
+        if not path.is_file():
+            print(f"fedrec table: {path} not found (the run did not complete?)", file=sys.stderr)
+            return 2
+        rows.append((Path(d).name, json.loads(path.read_text())))
+    print(format_table(rows))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from simulations import run
+
+    sys.argv = ["simulations.run", *args.overrides]
+    run.main()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fedrec", description="Federated, private recommendation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="one simulation or baseline: fedrec run [hydra overrides]")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. privacy.epsilon=4")
+    p.set_defaults(func=_run)
+    p = sub.add_parser("table", help="result table of one or more run folders")
+    p.add_argument("run_dirs", nargs="+")
+    p.set_defaults(func=_table)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

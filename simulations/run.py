@@ -1,0 +1,101 @@
+"""One run (or a Hydra sweep with -m): ``python -m simulations.run [overrides]``.
+
+A federated run goes through Flower's simulation engine with the same overrides that
+``flwr run . --run-config 'overrides="…"'`` takes; ``baseline=popularity|centralized`` runs a
+baseline in-process. Either way the run folder holds config.yaml, metrics.jsonl and, only if
+the run completed, summary.json; the result table is printed at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import sys
+from pathlib import Path
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from common.config import resolved  # noqa: E402
+from common.data.types import DataError  # noqa: E402
+from common.model.item_encoder import ModelPathError  # noqa: E402
+from common.privacy.accounting import PrivacyConfigError  # noqa: E402
+from common.run_store import RunStore  # noqa: E402
+from common.task import federated_plan, load_run_data  # noqa: E402
+from simulations.table import format_table  # noqa: E402
+
+log = logging.getLogger("fedrec")
+BASELINES = ("popularity", "centralized")
+
+
+def app_overrides(task_overrides: list[str], output_dir: Path) -> str:
+    """The one run_config string the Flower apps compose the same config from."""
+    kept = [o for o in task_overrides if not o.startswith("output_dir=")]
+    return " ".join(shlex.quote(o) for o in [*kept, f"output_dir={output_dir}"])
+
+
+def check_plans(cfg: DictConfig, run) -> None:
+    """Refuse a bad δ or an unreachable ε for any client before any training starts."""
+    if cfg.privacy.enabled:
+        for client in range(run.num_clients):
+            federated_plan(cfg, run, client)
+
+
+def execute(cfg: DictConfig, task_overrides: list[str], out: Path) -> dict:
+    store = RunStore(out)
+    store.write_config(cfg)
+    store.reset_metrics()
+    run = load_run_data(cfg)  # also encodes item text once, so clients find it cached
+    if cfg.baseline is not None and cfg.baseline not in BASELINES:
+        raise ValueError(f"baseline={cfg.baseline!r}: known baselines are {', '.join(BASELINES)}")
+    if cfg.baseline is not None:
+        from simulations.baselines import run_centralized, run_popularity
+
+        baseline = run_popularity if cfg.baseline == "popularity" else run_centralized
+        summary = baseline(cfg, run, store)
+    else:
+        check_plans(cfg, run)
+        from simulations.engine import run_flower_simulation
+
+        sim = cfg.simulation
+        run_flower_simulation(
+            app_overrides(task_overrides, out),
+            num_clients=run.num_clients,
+            num_cpus_per_client=sim.num_cpus_per_client,
+            num_gpus_per_client=sim.num_gpus_per_client,
+        )
+        if not store.summary_path.exists():
+            raise RuntimeError(f"the federated run did not complete (no {store.summary_path}); see the log above")
+        return store.read_summary()
+    store.write_summary(summary)
+    return summary
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    # Flower logs to its own console handler; through Hydra's root handler too, every line
+    # would print twice, DEBUG included.
+    logging.getLogger("flwr").propagate = False
+    hc = HydraConfig.get()
+    out = Path(cfg.output_dir or hc.runtime.output_dir).resolve()
+    task = list(hc.overrides.task)
+    cfg = resolved(cfg)
+    cfg.output_dir = str(out)
+    try:
+        summary = execute(cfg, task, out)
+    except (DataError, PrivacyConfigError, ModelPathError, ValueError) as e:
+        # Bad input: one clear line, no traceback, nothing half-written.
+        print(f"fedrec: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    name = cfg.baseline or ("federated DP" if cfg.privacy.enabled else "federated")
+    print(format_table([(name, summary)]))
+    print(f"run folder: {out}")
+
+
+if __name__ == "__main__":
+    main()

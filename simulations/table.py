@@ -1,0 +1,22 @@
+"""The result table printed at the end of a run."""
+
+from __future__ import annotations
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_table(rows: list[tuple[str, dict]]) -> str:
+    """One line per (name, summary): full-ranking NDCG@10, HR@10, MRR, ε spent, s/round."""
+    header = f"{'run':<22} {'NDCG@10':>8} {'HR@10':>8} {'MRR':>8} {'epsilon':>8} {'s/round':>8} {'users':>6}"
+    lines = [header, "-" * len(header)]
+    for name, s in rows:
+        full = s["metrics"]["full"]
+        eps = s["privacy"].get("epsilon_max")
+        lines.append(
+            f"{name:<22} {_fmt(full.get('ndcg@10'), '8.4f')} {_fmt(full.get('hr@10'), '8.4f')} "
+            f"{_fmt(full.get('mrr'), '8.4f')} {_fmt(eps, '8.2f') if eps is not None else 'inf':>8} "
+            f"{_fmt(s['timing'].get('seconds_per_round'), '8.1f')} {s.get('eval_users', 0):>6}"
+        )
+    return "\n".join(lines)
