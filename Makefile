@@ -16,12 +16,12 @@ export TOKENIZERS_PARALLELISM := false
 install: $(STAMP)
 
 # torch first and pinned: a CPU wheel; an unpinned request would pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "make: $(PYTHON) not found (fedrec needs Python 3.11; set PYTHON=...)"; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e ".[test]"
+	$(PIP) install --quiet -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
 # The main job: a federated DP simulation on the built-in synthetic data; prints a result table.

@@ -37,12 +37,15 @@ def user_negatives(split: LeaveOneOutSplit, rows: np.ndarray, num: int, seed: in
 
 
 @torch.no_grad()
-def user_scores(model: TextSeqRec, item_vectors: torch.Tensor, hist: list[np.ndarray]) -> torch.Tensor:
+def user_scores(
+    model: TextSeqRec, item_vectors: torch.Tensor, hist: list[np.ndarray], bias: torch.Tensor | None = None
+) -> torch.Tensor:
     """Scores [users, items] of every item for each user's next interaction."""
     model.eval()
     ids, pad = left_pad(hist, model.max_len)
     ids, pad = ids.to(item_vectors.device), pad.to(item_vectors.device)
-    return model.user_states(ids, pad) @ item_vectors.T
+    scores = model.user_states(ids, pad) @ item_vectors.T
+    return scores if bias is None else scores + bias
 
 
 def evaluate_users(
@@ -56,7 +59,8 @@ def evaluate_users(
     """Metric sums of ``model`` over the users in ``rows`` (split-row indices)."""
     model.eval()
     items = model.item_vectors(split.num_items)  # once, not per batch of users
-    score = lambda hist: user_scores(model, items, hist).cpu().numpy()  # noqa: E731
+    bias = model.item_bias(split.num_items)
+    score = lambda hist: user_scores(model, items, hist, bias).cpu().numpy()  # noqa: E731
     return evaluate_scorer(score, split, rows, which, sampled_negatives, seed)
 
 

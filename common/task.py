@@ -93,6 +93,7 @@ def build_model(cfg: DictConfig, run: RunData) -> TextSeqRec:
         heads=m.heads,
         dropout=m.dropout,
         item_ids=m.item_ids,
+        item_bias=m.get("item_bias", False),
     )
 
 

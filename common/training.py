@@ -18,6 +18,9 @@ from torch.nn import functional as F
 from common.model.recommender import TextSeqRec
 
 log = logging.getLogger(__name__)
+# Opacus' per-sample hooks fire on modules whose inputs need no grad (frozen embeddings):
+# expected here, and printed once per step in every simulated client otherwise.
+warnings.filterwarnings("ignore", message="Full backward hook is firing")
 
 
 @dataclass(frozen=True)

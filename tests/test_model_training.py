@@ -22,9 +22,10 @@ def _sequences(n_users: int, seed: int = 0) -> list[np.ndarray]:
 TEXT = torch.randn(NUM_ITEMS, TEXT_DIM, generator=torch.Generator().manual_seed(1))
 
 
-def _model(item_ids: bool = False, dim: int = 16, seed: int = 0) -> TextSeqRec:
+def _model(item_ids: bool = False, dim: int = 16, seed: int = 0, item_bias: bool = True) -> TextSeqRec:
     torch.manual_seed(seed)
-    return TextSeqRec(FrozenText(TEXT), NUM_ITEMS, dim=dim, max_len=10, item_ids=item_ids, dropout=0.0)
+    return TextSeqRec(FrozenText(TEXT), NUM_ITEMS, dim=dim, max_len=10, item_ids=item_ids,
+                      item_bias=item_bias, dropout=0.0)
 
 
 def test_left_pad_keeps_the_most_recent_items_at_the_end():
@@ -38,9 +39,9 @@ def test_sample_rate_matches_opacus_loader_length():
     assert sample_rate(10, 32) == 1.0
 
 
-@pytest.mark.parametrize("item_ids", [False, True])
-def test_every_adapter_weight_changes_after_a_dp_step(item_ids):
-    model = _model(item_ids)
+@pytest.mark.parametrize("item_ids, item_bias", [(False, False), (True, True)])
+def test_every_adapter_weight_changes_after_a_dp_step(item_ids, item_bias):
+    model = _model(item_ids, item_bias=item_bias)
     before = [w.copy() for w in get_weights(model)]
     out = train_local(model, _sequences(40), NUM_ITEMS, epochs=1, batch_size=10, lr=1e-2,
                       num_negatives=8, seed=0, dp=DPSettings(noise_multiplier=1.0, max_grad_norm=1.0))

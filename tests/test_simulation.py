@@ -10,6 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from common.config import compose
+from common.privacy.accounting import independent_epsilon
 from simulations.run import app_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +46,9 @@ def test_two_round_dp_simulation_writes_a_complete_run_folder(tmp_path):
     # The whole plan spends the target: after the last round every client is at ε ≈ 8.
     for client in privacy["per_client"].values():
         assert client["epsilon"] == pytest.approx(8.0, rel=0.02)
+        # The reported ε equals Google's dp-accounting recomputation of the same mechanism.
+        history = [(client["noise_multiplier"], client["sample_rate"], client["steps"])]
+        assert client["epsilon"] == pytest.approx(independent_epsilon(history, client["delta"], "rdp"), rel=0.01)
     assert summary["eval_users"] == summary["data"]["users"] == sum(summary["data"]["client_users"])
     assert {"timing", "fairness", "data"} <= summary.keys()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -98,3 +102,34 @@ def test_flwr_run_config_and_harness_compose_the_same_config():
     assert compose(one_string) == compose([*overrides, "output_dir=/tmp/x"])
     cfg = compose(one_string)
     assert cfg.privacy.epsilon == 4 and cfg.partition.scheme == "dirichlet" and cfg.output_dir == "/tmp/x"
+
+
+@pytest.mark.slow
+def test_flwr_run_cli_runs_the_same_app_from_the_same_conf(tmp_path):
+    """`flwr run .` with one run_config string gives the run folder and config of the harness."""
+    home = tmp_path / "flwr_home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n'
+        "options.num-supernodes = 3\n"
+    )
+    out = tmp_path / "run"
+    overrides = " ".join([*SMALL, f"output_dir={out}"])
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "FLWR_HOME": str(home), "FEDREC_CACHE": str(tmp_path / "cache"),
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FLWR_TELEMETRY_ENABLED": "0",
+           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    try:
+        proc = subprocess.run(
+            [str(bin_dir / "flwr"), "run", ".", "--stream", "--run-config", f'overrides="{overrides}"'],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+        )
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    finally:
+        # `flwr run` leaves a local SuperLink behind; stop the one this test started, by PID.
+        found = subprocess.run(["pgrep", "-f", f"{home}/local-superlink"], capture_output=True, text=True)
+        for pid in found.stdout.split():
+            os.kill(int(pid), 9)
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["privacy"]["per_client"]) == 3 and summary["eval_users"] > 0
+    assert OmegaConf.load(out / "config.yaml") == compose(overrides)

@@ -122,9 +122,15 @@ class TextSeqRec(nn.Module):
         heads: int = 2,
         dropout: float = 0.1,
         item_ids: bool = False,
+        item_bias: bool = False,
     ) -> None:
         super().__init__()
         self.max_len = max_len
+        # A per-item score offset learns popularity: a strong signal that costs only
+        # num_items parameters (cheap under DP noise, which grows with parameter count).
+        self.bias = nn.Embedding(num_items, 1) if item_bias else None
+        if self.bias is not None:
+            nn.init.zeros_(self.bias.weight)
         self.item = ItemAdapter(text, dim, num_items, item_ids)
         self.user = SequenceEncoder(dim, max_len, layers, heads, dropout)
         # LayerNorm'd vectors have norm ~sqrt(dim); scale dot products back to O(sqrt(dim)).
@@ -144,6 +150,10 @@ class TextSeqRec(nn.Module):
         h = self.user(v[:, :n_seq], pad)
         pos = (h * v[:, n_seq : n_seq + n_tgt]).sum(-1) * self.scale
         neg = torch.einsum("bld,bnd->bln", h, v[:, n_seq + n_tgt :]) * self.scale
+        if self.bias is not None:
+            b = self.bias(torch.cat([target_ids, neg_ids], dim=1)).squeeze(-1)
+            pos = pos + b[:, :n_tgt]
+            neg = neg + b[:, None, n_tgt:]
         return pos, neg
 
     @torch.no_grad()
@@ -156,3 +166,7 @@ class TextSeqRec(nn.Module):
         device = next(self.parameters()).device
         ids = torch.arange(num_items, device=device)
         return torch.cat([self.item(ids[i : i + batch_size]) for i in range(0, num_items, batch_size)]) * self.scale
+
+    @torch.no_grad()
+    def item_bias(self, num_items: int) -> torch.Tensor | None:
+        return None if self.bias is None else self.bias.weight[:num_items, 0]
