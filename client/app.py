@@ -7,6 +7,7 @@ Flower ``context.state`` so it persists across rounds and is never reset.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from functools import lru_cache
 
 import numpy as np
@@ -18,8 +19,15 @@ from common.device import resolve_device
 from common.evaluation import evaluate_users
 from common.privacy.accounting import AccountantState
 from common.serialization import get_weights, set_weights
-from common.task import ClientPlan, build_model, federated_plan, load_run_data, training_sequences
-from common.training import train_local
+from common.task import (
+    ClientPlan,
+    build_model,
+    federated_plan,
+    learning_rate,
+    load_run_data,
+    training_sequences,
+)
+from common.training import train_local, trainable_sequences
 
 ACCOUNTANT_KEY = "dp_accountant"
 PLAN_KEY = "dp_plan"
@@ -66,27 +74,35 @@ class RecommenderClient(NumPyClient):
         start = time.perf_counter()
         model = self._model(parameters)
         server_round = int(config.get("server_round", 0))
-        seqs = training_sequences(self.run.split, self.rows)
+        seqs = trainable_sequences(training_sequences(self.run.split, self.rows))
+        seed = self.cfg.seed * 100_003 + server_round * 1_009 + self.client_id
         dp = None
-        metrics: dict = {"client_id": self.client_id, "num_users": len(self.rows)}
+        metrics: dict = {"client_id": self.client_id, "num_users": len(seqs)}
         if self.cfg.privacy.enabled:
             plan = self._plan()
             dp = plan.dp
+            if self.cfg.privacy.seeded_noise:
+                dp = replace(dp, noise_seed=seed)
         result = train_local(
             model,
             seqs,
             self.run.data.num_items,
             epochs=self.cfg.strategy.local_epochs,
             batch_size=self.cfg.train.batch_size,
-            lr=self.cfg.train.lr,
+            lr=learning_rate(self.cfg),
             num_negatives=self.cfg.model.num_negatives,
-            seed=self.cfg.seed * 100_003 + server_round * 1_009 + self.client_id,
+            seed=seed,
             dp=dp,
             weight_decay=self.cfg.train.weight_decay,
         )
         if dp is not None:
             accountant = self._accountant()
-            accountant.add(plan.dp.noise_multiplier, plan.sample_rate, result["steps"])
+            # Record what Opacus' own accountant saw, after checking it is the planned mechanism.
+            for noise, q, _ in result["history"]:
+                if abs(noise - plan.dp.noise_multiplier) > 1e-12 or abs(q - plan.sample_rate) > 1e-12:
+                    raise RuntimeError(f"client {self.client_id}: trained with σ={noise}, q={q}, "
+                                       f"planned σ={plan.dp.noise_multiplier}, q={plan.sample_rate}")  # fmt: skip
+            accountant.extend(result["history"])
             self.state.config_records[ACCOUNTANT_KEY] = ConfigRecord(accountant.to_dict())
             metrics.update(
                 epsilon=accountant.epsilon(plan.delta, self.cfg.privacy.accountant),
@@ -96,7 +112,7 @@ class RecommenderClient(NumPyClient):
                 steps_total=accountant.steps,
             )
         metrics.update(train_loss=result["loss"], steps=result["steps"], fit_seconds=time.perf_counter() - start)
-        return get_weights(model), len(self.rows), metrics
+        return get_weights(model), len(seqs), metrics
 
     def evaluate(self, parameters, config):
         model = self._model(parameters)
@@ -107,6 +123,7 @@ class RecommenderClient(NumPyClient):
             which=self.cfg.eval.split,
             sampled_negatives=self.cfg.eval.sampled_negatives,
             seed=self.cfg.seed,
+            ks=tuple(self.cfg.eval.ks),
         )
         metrics = sums.to_dict()
         metrics["client_id"] = self.client_id

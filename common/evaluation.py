@@ -19,6 +19,11 @@ from common.model.recommender import TextSeqRec
 from common.training import left_pad
 
 
+def metric_names(ks: list[int] | tuple[int, ...]) -> list[str]:
+    """HR@K and NDCG@K for every cutoff in ``eval.ks``, plus MRR."""
+    return [f"{m}@{k}" for k in ks for m in ("hr", "ndcg")] + ["mrr"]
+
+
 def histories(split: LeaveOneOutSplit, rows: np.ndarray, which: str) -> tuple[list[np.ndarray], np.ndarray]:
     """Input history and held-out target of each user in ``rows`` for ``which`` = test|valid."""
     if which == "test":
@@ -55,13 +60,14 @@ def evaluate_users(
     which: str = "test",
     sampled_negatives: int = 99,
     seed: int = 0,
+    ks: tuple[int, ...] = (5, 10, 20),
 ) -> MetricSums:
     """Metric sums of ``model`` over the users in ``rows`` (split-row indices)."""
     model.eval()
     items = model.item_vectors(split.num_items)  # once, not per batch of users
     bias = model.item_bias(split.num_items)
     score = lambda hist: user_scores(model, items, hist, bias).cpu().numpy()  # noqa: E731
-    return evaluate_scorer(score, split, rows, which, sampled_negatives, seed)
+    return evaluate_scorer(score, split, rows, which, sampled_negatives, seed, ks)
 
 
 def evaluate_scorer(
@@ -71,10 +77,11 @@ def evaluate_scorer(
     which: str = "test",
     sampled_negatives: int = 99,
     seed: int = 0,
+    ks: tuple[int, ...] = (5, 10, 20),
     batch_size: int = 512,
 ) -> MetricSums:
     """Metric sums of any scorer mapping users' histories to scores [users, items]."""
-    sums = MetricSums()
+    sums = MetricSums(metric_names(ks))
     rows = np.asarray(rows, dtype=np.int64)
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]

@@ -45,11 +45,12 @@ class RunStore:
     def summary_path(self) -> Path:
         return self.dir / "summary.json"
 
-    def write_config(self, cfg: DictConfig) -> None:
-        _atomic_write(self.dir / "config.yaml", to_yaml(cfg))
-
-    def reset_metrics(self) -> None:
+    def start(self, cfg: DictConfig) -> None:
+        """Begin a run here: the config, and no metrics or summary left from an earlier run
+        (a stale summary.json would pass for this run's result)."""
+        self.summary_path.unlink(missing_ok=True)
         (self.dir / "metrics.jsonl").unlink(missing_ok=True)
+        _atomic_write(self.dir / "config.yaml", to_yaml(cfg))
 
     def append_metrics(self, row: dict) -> None:
         with open(self.dir / "metrics.jsonl", "a") as f:

@@ -55,7 +55,10 @@ def load_adapter(model: torch.nn.Module, directory: str | Path) -> dict:
 
     directory = Path(directory)
     tensors = load_file(str(directory / "adapter_model.safetensors"))
-    missing = model.load_state_dict(tensors, strict=False)
-    if missing.missing_keys or missing.unexpected_keys:
-        raise ValueError(f"{directory}: adapter does not match the model ({missing})")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    # Frozen weights (the LM) are not part of an adapter; every trainable one must be.
+    if set(tensors) != trainable:
+        missing, extra = sorted(trainable - set(tensors)), sorted(set(tensors) - trainable)
+        raise ValueError(f"{directory}: adapter does not match the model (missing {missing[:3]}, unexpected {extra[:3]})")
+    model.load_state_dict(tensors, strict=False)
     return json.loads((directory / "adapter_config.json").read_text())

@@ -5,6 +5,7 @@ and each client's DP plan. Used alike by the ClientApp, the ServerApp and the ba
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 from functools import lru_cache
@@ -19,8 +20,10 @@ from common.data.split import leave_one_out
 from common.data.types import InteractionData, LeaveOneOutSplit
 from common.model.item_encoder import encode_texts
 from common.model.recommender import FrozenText, TextSeqRec
-from common.privacy.accounting import check_delta, noise_multiplier_for_plan
-from common.training import DPSettings, sample_rate, steps_per_epoch
+from common.privacy.accounting import PrivacyConfigError, check_delta, noise_multiplier_for_plan
+from common.training import DPSettings, sample_rate, steps_per_epoch, trainable_sequences
+
+log = logging.getLogger("fedrec")
 
 
 @dataclass
@@ -68,13 +71,24 @@ def _load_run_data(key: str) -> RunData:
     )
     lm = cfg.model.lm
     text = encode_texts(data.item_text, lm.path, lm.max_length, lm.batch_size, cfg.get("cache_dir"))
+    log.info(
+        "data %s: %d users (%d dropped with < 3 interactions), %d items, %d clients",
+        data.name, split.num_users, split.stats.get("users_dropped", 0), data.num_items, len(partitions),
+    )  # fmt: skip
     return RunData(data, split, partitions, text)
 
 
 def build_model(cfg: DictConfig, run: RunData) -> TextSeqRec:
     """The recommender for ``cfg.model``, initialised identically by every party (seeded)."""
+    # A private RNG for initialisation: re-seeding torch's global RNG would make every later
+    # global draw predictable from the config.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return _build_model(cfg, run)
+
+
+def _build_model(cfg: DictConfig, run: RunData) -> TextSeqRec:
     m = cfg.model
-    torch.manual_seed(cfg.seed)
     if m.name == "projection":
         text = FrozenText(torch.as_tensor(run.item_text))
     elif m.name == "lora":
@@ -125,6 +139,13 @@ def training_sequences(split: LeaveOneOutSplit, rows: np.ndarray) -> list[np.nda
     return [split.train[r] for r in rows]
 
 
+def learning_rate(cfg: DictConfig) -> float:
+    """privacy.lr under DP-SGD when set, else train.lr."""
+    if cfg.privacy.enabled and cfg.privacy.get("lr") is not None:
+        return float(cfg.privacy.lr)
+    return float(cfg.train.lr)
+
+
 def default_delta(num_users: int) -> float:
     """The largest power of ten at or below 1/(10·users): comfortably under 1/users."""
     return 10.0 ** math.floor(math.log10(1.0 / (10.0 * num_users)))
@@ -170,7 +191,12 @@ def client_plan(
     (every round the client could be sampled in × local steps). Raises PrivacyConfigError for
     a δ too large for the client's users or an ε no noise level reaches."""
     delta = run_delta(cfg, total_users)
-    check_delta(delta, num_users)
+    # δ bounds the chance the guarantee fails for any of the users protected: all of them.
+    check_delta(delta, total_users)
+    if cfg.privacy.secure_mode:
+        _require_csprng()
+    if num_users < 1:
+        raise PrivacyConfigError("a client has no user with at least 2 training items to train on")
     per_round = epochs_per_round * steps_per_epoch(num_users, cfg.train.batch_size)
     total = per_round * rounds
     q = sample_rate(num_users, cfg.train.batch_size)
@@ -179,17 +205,41 @@ def client_plan(
     return ClientPlan(num_users, q, per_round, total, delta, dp)
 
 
+def _require_csprng() -> None:
+    try:
+        import torchcsprng  # noqa: F401
+    except ImportError:
+        raise PrivacyConfigError(
+            "privacy.secure_mode=true needs the torchcsprng package, which has no release for "
+            "torch 2.13; leave it false (noise is then seeded from OS entropy, see README)"
+        ) from None
+
+
 @lru_cache(maxsize=256)
 def _noise_multiplier(epsilon: float, delta: float, q: float, steps: int, accountant: str) -> float:
     # The search takes seconds; clients of equal size share one plan.
     return noise_multiplier_for_plan(epsilon, delta, q, steps, accountant)
 
 
+def check_plans(cfg: DictConfig, run: RunData) -> None:
+    """Refuse a bad δ, an unreachable ε or an invalid privacy setup before any training."""
+    if cfg.privacy.enabled:
+        for client in range(run.num_clients):
+            federated_plan(cfg, run, client)
+
+
 def federated_plan(cfg: DictConfig, run: RunData, client: int) -> ClientPlan:
     """Client ``client``'s plan in a federated run: every round × strategy.local_epochs."""
+    if cfg.partition.scheme == "cross_device":
+        raise PrivacyConfigError(
+            "privacy=dp with partition=cross_device: local DP-SGD on a one-user client protects "
+            "single interactions, not users; user-level DP there needs DP-FedAvg (not yet "
+            "available), so use privacy=none or a cross-silo partition"
+        )
+    users = len(trainable_sequences(training_sequences(run.split, run.partitions[client])))
     return client_plan(
         cfg,
-        len(run.partitions[client]),
+        users,
         run.split.num_users,
         cfg.strategy.num_rounds,
         cfg.strategy.local_epochs,

@@ -25,11 +25,25 @@ warnings.filterwarnings("ignore", message="Full backward hook is firing")
 
 @dataclass(frozen=True)
 class DPSettings:
-    """The per-client DP-SGD mechanism, fixed once for the whole training plan."""
+    """The per-client DP-SGD mechanism, fixed once for the whole training plan.
+
+    ``noise_seed=None`` (the default) draws the noise and the Poisson batch sampling from a
+    generator seeded with 63 bits of OS entropy per call, so nobody who knows the config can
+    regenerate the noise or the batches. A fixed seed makes runs reproducible and is for
+    tests and debugging only: it voids the guarantee against anyone who knows the seed.
+    """
 
     noise_multiplier: float
     max_grad_norm: float
     secure_mode: bool = False
+    noise_seed: int | None = None
+
+
+def trainable_sequences(sequences: list[np.ndarray]) -> list[np.ndarray]:
+    """Users with at least one (input, next item) pair; the rest contribute no example.
+
+    The DP plan counts exactly these users, so q matches the loader Opacus builds."""
+    return [s for s in sequences if len(s) >= 2]
 
 
 def steps_per_epoch(num_users: int, batch_size: int) -> int:
@@ -91,15 +105,16 @@ def train_local(
     dp: DPSettings | None = None,
     weight_decay: float = 0.0,
 ) -> dict:
-    """Train ``model`` in place on users' training sequences; returns loss and step counts.
+    """Train ``model`` in place on users' training sequences.
 
     With ``dp`` the batches are Poisson-sampled at rate 1/ceil(n/batch_size) and every step
-    clips each user's gradient and adds Gaussian noise (Opacus). The caller records the steps
-    in its accountant; this function never decides the noise level.
+    clips each user's gradient and adds Gaussian noise (Opacus). Returns the loss, the step
+    count and, with DP, ``history``: the (noise, q, steps) Opacus' own accountant recorded,
+    for the caller's ledger. This function never decides the noise level.
     """
-    seqs = [s for s in sequences if len(s) >= 2]
+    seqs = trainable_sequences(sequences)
     if not seqs:
-        return {"loss": float("nan"), "steps": 0, "users": 0}
+        return {"loss": float("nan"), "steps": 0, "users": 0, "history": []}
     gen = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
     model.train()
@@ -109,8 +124,9 @@ def train_local(
         index, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed)
     )
     net: torch.nn.Module = model
+    engine = None
     if dp is not None:
-        net, optimizer, loader = _make_private(model, optimizer, loader, dp, seed)
+        engine, net, optimizer, loader = _make_private(model, optimizer, loader, dp)
     losses, steps = [], 0
     for _ in range(epochs):
         for (batch,) in loader:
@@ -123,24 +139,43 @@ def train_local(
             steps += 1
             if len(batch_seqs):
                 losses.append(loss.item())
-    if dp is not None:
+    history = []
+    if engine is not None:
         net._close()  # drop Opacus hooks; ``model`` itself holds the trained weights
-    return {"loss": float(np.mean(losses)) if losses else float("nan"), "steps": steps, "users": len(seqs)}
+        history = [tuple(h) for h in engine.accountant.history]
+    return {
+        "loss": float(np.mean(losses)) if losses else float("nan"),
+        "steps": steps,
+        "users": len(seqs),
+        "history": history,
+    }
 
 
-def _make_private(model, optimizer, loader, dp: DPSettings, seed: int):
+def _make_private(model, optimizer, loader, dp: DPSettings):
+    import secrets
+
     from opacus import PrivacyEngine
 
+    def generator(offset: int) -> torch.Generator:
+        seed = secrets.randbits(63) if dp.noise_seed is None else dp.noise_seed + offset
+        return torch.Generator().manual_seed(seed)
+
     with warnings.catch_warnings():
-        # Opacus warns about the insecure RNG on every engine; secure_mode is a config choice.
+        # Opacus warns about its insecure RNG on every engine; our generators are seeded from
+        # OS entropy instead (see DPSettings), and secure_mode is a config choice.
         warnings.filterwarnings("ignore", message=".*Secure RNG turned off.*")
         engine = PrivacyEngine(secure_mode=dp.secure_mode)
-        return engine.make_private(
+        net, optimizer, loader = engine.make_private(
             module=model,
             optimizer=optimizer,
             data_loader=loader,
             noise_multiplier=dp.noise_multiplier,
             max_grad_norm=dp.max_grad_norm,
             poisson_sampling=True,
-            noise_generator=None if dp.secure_mode else torch.Generator().manual_seed(seed + 1),
+            noise_generator=None if dp.secure_mode else generator(1),
         )
+    if not dp.secure_mode:
+        # Without secure_mode Opacus samples batches from torch's global RNG, whose state is
+        # predictable (fixed default seed, or a config seed): give the sampler its own.
+        loader.batch_sampler.generator = generator(2)
+    return engine, net, optimizer, loader

@@ -19,7 +19,7 @@ from flwr.server.workflow import DefaultWorkflow
 from common.config import compose
 from common.run_store import RunStore, data_block, split_metrics
 from common.serialization import get_weights, num_bytes, save_adapter, set_weights
-from common.task import adapter_config, build_model, load_run_data
+from common.task import adapter_config, build_model, check_plans, load_run_data
 from server.strategy import RecommenderFedAvg
 
 log = logging.getLogger("fedrec")
@@ -37,9 +37,9 @@ def main(grid: Grid, context: Context) -> None:
     started = time.perf_counter()
     cfg = compose(str(context.run_config.get("overrides", "")))
     store = RunStore(output_dir(cfg))
-    store.write_config(cfg)
-    store.reset_metrics()
+    store.start(cfg)
     run = load_run_data(cfg)
+    check_plans(cfg, run)  # refuse a bad δ or unreachable ε before any client trains
     model = build_model(cfg, run)
     initial = get_weights(model)
     s = cfg.strategy

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 
-from flwr.common import FitIns, parameters_to_ndarrays
+from flwr.common import EvaluateIns, FitIns, parameters_to_ndarrays
 from flwr.server.strategy import FedAvg
 
 from common.metrics.ranking import MetricSums
@@ -48,6 +48,7 @@ class RecommenderFedAvg(FedAvg):
         return [(c, FitIns(f.parameters, {**f.config, "server_round": server_round})) for c, f in ins]
 
     def aggregate_fit(self, server_round, results, failures):
+        _raise_on_failures("train", server_round, failures)
         parameters, _ = super().aggregate_fit(server_round, results, failures)
         if parameters is not None:
             self.latest_parameters = parameters
@@ -77,17 +78,20 @@ class RecommenderFedAvg(FedAvg):
             bytes_up_per_client=max(up) if up else 0,
             fit_seconds=time.perf_counter() - self._round_start,
         )
-        if failures:
-            log.warning("round %d: %d client(s) failed to train", server_round, len(failures))
         return parameters, {}
 
     def configure_evaluate(self, server_round, parameters, client_manager):
         if not self._evaluates(server_round):
             self._end_round()
             return []
+        if server_round == self.num_rounds:
+            # The final result must cover every user, whatever fraction_evaluate says.
+            ins = EvaluateIns(parameters, {"server_round": server_round})
+            return [(c, ins) for c in client_manager.all().values()]
         return super().configure_evaluate(server_round, parameters, client_manager)
 
     def aggregate_evaluate(self, server_round, results, failures):
+        _raise_on_failures("evaluate", server_round, failures)
         total = MetricSums()
         for _, r in results:
             m = dict(r.metrics)
@@ -118,3 +122,14 @@ class RecommenderFedAvg(FedAvg):
             f"eps {eps:.2f}" if eps is not None else "eps inf",
             seconds,
         )
+
+
+def _raise_on_failures(stage: str, server_round: int, failures) -> None:
+    """A failed client makes the run fail: a model averaged over the survivors only, or
+    evaluated on part of the users, is not the result the run was asked for. (Tolerating
+    dropouts is secure aggregation's job, with its own accounting.)"""
+    if not failures:
+        return
+    first = failures[0]
+    reason = repr(first) if isinstance(first, BaseException) else f"status {first[1].status}"
+    raise RuntimeError(f"round {server_round}: {len(failures)} client(s) failed to {stage}; first: {reason}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 import numpy as np
 from omegaconf import DictConfig
@@ -14,8 +15,8 @@ from common.evaluation import evaluate_scorer, evaluate_users
 from common.privacy.accounting import AccountantState
 from common.run_store import RunStore, data_block, split_metrics
 from common.serialization import num_bytes, get_weights, save_adapter
-from common.task import RunData, adapter_config, build_model, client_plan, training_sequences
-from common.training import train_local
+from common.task import RunData, adapter_config, build_model, client_plan, learning_rate, training_sequences
+from common.training import train_local, trainable_sequences
 
 log = logging.getLogger("fedrec")
 
@@ -33,7 +34,7 @@ def run_popularity(cfg: DictConfig, run: RunData, store: RunStore) -> dict:
     counts = popularity_scores(run.split, cfg.eval.split)
     score = lambda hist: np.broadcast_to(counts, (len(hist), counts.size))  # noqa: E731
     rows = np.arange(run.split.num_users)
-    sums = evaluate_scorer(score, run.split, rows, cfg.eval.split, cfg.eval.sampled_negatives, cfg.seed)
+    sums = evaluate_scorer(score, run.split, rows, cfg.eval.split, cfg.eval.sampled_negatives, cfg.seed, tuple(cfg.eval.ks))
     store.append_metrics({"round": 0, **{f"eval_{k}": v for k, v in sums.means().items()}})
     return _summary(cfg, run, "popularity", sums, None, time.perf_counter() - start, [])
 
@@ -43,29 +44,32 @@ def run_centralized(cfg: DictConfig, run: RunData, store: RunStore) -> dict:
     start = time.perf_counter()
     model = build_model(cfg, run).to(resolve_device(cfg.device))
     rows = np.arange(run.split.num_users)
-    seqs = training_sequences(run.split, rows)
+    seqs = trainable_sequences(training_sequences(run.split, rows))
     plan = None
     accountant = AccountantState()
     if cfg.privacy.enabled:
-        plan = client_plan(cfg, len(rows), len(rows), rounds=1, epochs_per_round=cfg.train.epochs)
+        plan = client_plan(cfg, len(seqs), len(rows), rounds=1, epochs_per_round=cfg.train.epochs)
     epoch_seconds = []
     for epoch in range(1, cfg.train.epochs + 1):
         t = time.perf_counter()
+        seed = cfg.seed * 100_003 + epoch
+        dp = None
+        if plan:
+            dp = replace(plan.dp, noise_seed=seed) if cfg.privacy.seeded_noise else plan.dp
         result = train_local(
-            model, seqs, run.data.num_items, epochs=1, batch_size=cfg.train.batch_size, lr=cfg.train.lr,
-            num_negatives=cfg.model.num_negatives, seed=cfg.seed * 100_003 + epoch,
-            dp=plan.dp if plan else None, weight_decay=cfg.train.weight_decay,
+            model, seqs, run.data.num_items, epochs=1, batch_size=cfg.train.batch_size, lr=learning_rate(cfg),
+            num_negatives=cfg.model.num_negatives, seed=seed, dp=dp, weight_decay=cfg.train.weight_decay,
         )  # fmt: skip
         row = {"round": epoch, "train_loss": result["loss"]}
         if plan:
-            accountant.add(plan.dp.noise_multiplier, plan.sample_rate, result["steps"])
+            accountant.extend(result["history"])
             row["epsilon_max"] = accountant.epsilon(plan.delta, cfg.privacy.accountant)
         epoch_seconds.append(time.perf_counter() - t)
         row["seconds"] = epoch_seconds[-1]
         store.append_metrics(row)
         log.info("epoch %d/%d  loss %.4f  %s", epoch, cfg.train.epochs, result["loss"],
                  f"eps {row['epsilon_max']:.2f}" if plan else "eps inf")  # fmt: skip
-    sums = evaluate_users(model, run.split, rows, cfg.eval.split, cfg.eval.sampled_negatives, cfg.seed)
+    sums = evaluate_users(model, run.split, rows, cfg.eval.split, cfg.eval.sampled_negatives, cfg.seed, tuple(cfg.eval.ks))
     save_adapter(model.cpu(), adapter_config(cfg, run), store.dir / "adapter")
     privacy = None
     if plan:

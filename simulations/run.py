@@ -26,7 +26,7 @@ from common.data.types import DataError  # noqa: E402
 from common.model.item_encoder import ModelPathError  # noqa: E402
 from common.privacy.accounting import PrivacyConfigError  # noqa: E402
 from common.run_store import RunStore  # noqa: E402
-from common.task import federated_plan, load_run_data  # noqa: E402
+from common.task import check_plans, load_run_data  # noqa: E402
 from simulations.table import format_table  # noqa: E402
 
 log = logging.getLogger("fedrec")
@@ -36,20 +36,17 @@ BASELINES = ("popularity", "centralized")
 def app_overrides(task_overrides: list[str], output_dir: Path) -> str:
     """The one run_config string the Flower apps compose the same config from."""
     kept = [o for o in task_overrides if not o.startswith("output_dir=")]
+    # Clients may run in another working directory (Ray workers, SuperNodes): absolute paths.
+    kept = [
+        f"dataset.path={Path(o.split('=', 1)[1]).resolve()}" if o.startswith("dataset.path=") else o
+        for o in kept
+    ]
     return " ".join(shlex.quote(o) for o in [*kept, f"output_dir={output_dir}"])
-
-
-def check_plans(cfg: DictConfig, run) -> None:
-    """Refuse a bad δ or an unreachable ε for any client before any training starts."""
-    if cfg.privacy.enabled:
-        for client in range(run.num_clients):
-            federated_plan(cfg, run, client)
 
 
 def execute(cfg: DictConfig, task_overrides: list[str], out: Path) -> dict:
     store = RunStore(out)
-    store.write_config(cfg)
-    store.reset_metrics()
+    store.start(cfg)
     run = load_run_data(cfg)  # also encodes item text once, so clients find it cached
     if cfg.baseline is not None and cfg.baseline not in BASELINES:
         raise ValueError(f"baseline={cfg.baseline!r}: known baselines are {', '.join(BASELINES)}")
@@ -86,6 +83,8 @@ def main(cfg: DictConfig) -> None:
     task = list(hc.overrides.task)
     cfg = resolved(cfg)
     cfg.output_dir = str(out)
+    if cfg.dataset.path:
+        cfg.dataset.path = str(Path(cfg.dataset.path).resolve())
     try:
         summary = execute(cfg, task, out)
     except (DataError, PrivacyConfigError, ModelPathError, ValueError) as e:

@@ -80,14 +80,20 @@ def test_baselines_write_the_same_summary_format(tmp_path, baseline):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["privacy.delta=0.05"], "delta"),
+        # 1/120 users < 0.01 < 1/40 users per client: δ is bounded by all users protected.
+        (["privacy.delta=0.01"], "delta"),
+        (["partition=cross_device"], "cross_device"),
         (["privacy.epsilon=0.000001"], "epsilon"),
         (["model.lm.path=/nonexistent/model"], "/nonexistent/model"),
         (["dataset=movielens_100k", "dataset.path=/nonexistent/ml-100k"], "/nonexistent/ml-100k"),
     ],
 )
 def test_bad_input_is_refused_before_training_with_one_line(tmp_path, overrides, message):
-    small = [o for o in SMALL if not o.startswith("dataset.")] if overrides[0].startswith("dataset=") else SMALL
+    small = SMALL
+    if overrides[0].startswith("dataset="):
+        small = [o for o in SMALL if not o.startswith("dataset.")]
+    if overrides[0].startswith("partition="):
+        small = [o for o in SMALL if not o.startswith("partition.")]
     proc = run_cli(tmp_path, *small, *overrides, timeout=300)
     assert proc.returncode == 2, proc.stderr[-2000:]
     err = proc.stderr.strip().splitlines()
