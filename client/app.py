@@ -13,11 +13,15 @@ from functools import lru_cache
 import numpy as np
 from flwr.app import ConfigRecord, Context
 from flwr.client import ClientApp, NumPyClient
+from flwr.client.mod import secaggplus_mod
+from flwr.common import Message, MessageType
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
 from common.config import compose
 from common.device import resolve_device
 from common.evaluation import evaluate_users
 from common.privacy.accounting import AccountantState
+from common.secure_aggregation import clip_update, dropout_clients, update
 from common.serialization import get_weights, set_weights
 from common.task import (
     ClientPlan,
@@ -111,8 +115,12 @@ class RecommenderClient(NumPyClient):
                 sample_rate=plan.sample_rate,
                 steps_total=accountant.steps,
             )
+        delta = update(get_weights(model), parameters)
+        if self.cfg.secagg.enabled:
+            delta, norm = clip_update(delta, self.cfg.secagg.update_clip_norm)
+            metrics["update_norm"] = norm
         metrics.update(train_loss=result["loss"], steps=result["steps"], fit_seconds=time.perf_counter() - start)
-        return get_weights(model), len(seqs), metrics
+        return delta, len(seqs), metrics
 
     def evaluate(self, parameters, config):
         model = self._model(parameters)
@@ -135,4 +143,27 @@ def client_fn(context: Context):
     return RecommenderClient(context).to_client()
 
 
-app = ClientApp(client_fn=client_fn)
+def secagg_when_asked(msg: Message, ctxt: Context, call_next) -> Message:
+    """Run Flower's SecAgg+ client side for the rounds the server runs it; let plain
+    messages through (``secaggplus_mod`` alone rejects them)."""
+    configs = msg.content.config_records.get(RECORD_KEY_CONFIGS)
+    if msg.metadata.message_type != MessageType.TRAIN or configs is None:
+        return call_next(msg, ctxt)
+    if configs.get(Key.STAGE) == Stage.COLLECT_MASKED_VECTORS:
+        _maybe_drop_out(msg, ctxt)
+    return secaggplus_mod(msg, ctxt, call_next)
+
+
+def _maybe_drop_out(msg: Message, ctxt: Context) -> None:
+    """Simulated dropout (secagg.simulate_dropout): vanish after sharing keys, before sending
+    the masked update — the case SecAgg+ must tolerate."""
+    cfg = _config(str(ctxt.run_config.get("overrides", "")))
+    share = cfg.secagg.get("simulate_dropout", 0.0)
+    if share:
+        dropped = dropout_clients(int(ctxt.node_config["num-partitions"]), share, cfg.seed,
+                                  int(msg.metadata.group_id))  # fmt: skip
+        if int(ctxt.node_config["partition-id"]) in dropped:
+            raise RuntimeError(f"simulated dropout of client {ctxt.node_config['partition-id']}")
+
+
+app = ClientApp(client_fn=client_fn, mods=[secagg_when_asked])

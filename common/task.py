@@ -21,6 +21,7 @@ from common.data.types import InteractionData, LeaveOneOutSplit
 from common.model.item_encoder import encode_texts
 from common.model.recommender import FrozenText, TextSeqRec
 from common.privacy.accounting import PrivacyConfigError, check_delta, noise_multiplier_for_plan
+from common.secure_aggregation import check_secagg
 from common.training import DPSettings, sample_rate, steps_per_epoch, trainable_sequences
 
 log = logging.getLogger("fedrec")
@@ -222,7 +223,9 @@ def _noise_multiplier(epsilon: float, delta: float, q: float, steps: int, accoun
 
 
 def check_plans(cfg: DictConfig, run: RunData) -> None:
-    """Refuse a bad δ, an unreachable ε or an invalid privacy setup before any training."""
+    """Refuse a bad δ, an unreachable ε, or privacy or secure-aggregation settings that
+    cannot work, before any training."""
+    check_secagg(cfg)
     if cfg.privacy.enabled:
         for client in range(run.num_clients):
             federated_plan(cfg, run, client)

@@ -14,7 +14,7 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
-from flwr.server.workflow import DefaultWorkflow
+from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 from common.config import compose
 from common.run_store import RunStore, data_block, split_metrics
@@ -49,6 +49,8 @@ def main(grid: Grid, context: Context) -> None:
         store=store,
         num_rounds=s.num_rounds,
         evaluate_every=s.evaluate_every,
+        tolerate_dropouts=bool(cfg.secagg.enabled),
+        stop_on_failed_round=bool(cfg.secagg.enabled and cfg.secagg.on_failure == "stop"),
         fraction_fit=s.fraction_fit,
         fraction_evaluate=s.fraction_evaluate,
         min_fit_clients=min_fit,
@@ -57,14 +59,55 @@ def main(grid: Grid, context: Context) -> None:
         initial_parameters=ndarrays_to_parameters(initial),
     )
     legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=s.num_rounds), strategy=strategy)
-    log.info("fedrec: %d clients, %d rounds, privacy=%s", n, s.num_rounds, "dp" if cfg.privacy.enabled else "none")
-    DefaultWorkflow()(grid, legacy)
+    log.info("fedrec: %d clients, %d rounds, privacy=%s, secagg=%s", n, s.num_rounds,
+             "dp" if cfg.privacy.enabled else "none", cfg.secagg.protocol)  # fmt: skip
+    DefaultWorkflow(fit_workflow=fit_workflow(cfg, run))(grid, legacy)
 
     set_weights(model, parameters_to_ndarrays(strategy.latest_parameters))
     save_adapter(model, adapter_config(cfg, run), store.dir / "adapter")
     if strategy.final_eval is None or strategy.rounds_completed < s.num_rounds:
         raise RuntimeError(f"run stopped after {strategy.rounds_completed}/{s.num_rounds} rounds; no summary written")
     store.write_summary(federated_summary(cfg, run, strategy, num_bytes(initial), time.perf_counter() - started))
+
+
+def max_weight(cfg, run) -> float:
+    """SecAgg+ weights are users per client; the largest must fit under max_weight."""
+    return float(cfg.secagg.max_weight or max(len(p) for p in run.partitions))
+
+
+def fit_workflow(cfg, run):
+    """Flower's SecAgg+ fit workflow for secagg=secaggplus; None = the plain default."""
+    if not cfg.secagg.enabled:
+        return None
+    s = cfg.secagg
+    return SecAggPlusWorkflow(
+        num_shares=s.num_shares,
+        reconstruction_threshold=s.reconstruction_threshold,
+        max_weight=max_weight(cfg, run),
+        clipping_range=float(s.clipping_range),
+        quantization_range=int(s.quantization_range),
+        modulus_range=int(s.modulus_range),
+        timeout=s.timeout,
+    )
+
+
+def secagg_summary(cfg, run, strategy: RecommenderFedAvg) -> dict | None:
+    if not cfg.secagg.enabled:
+        return None
+    s = cfg.secagg
+    return {
+        "protocol": "secagg+",
+        "num_shares": s.num_shares,
+        "threshold": s.reconstruction_threshold,
+        "clipping_range": s.clipping_range,
+        "quantization_range": s.quantization_range,
+        "modulus_range": s.modulus_range,
+        "max_weight": max_weight(cfg, run),
+        "update_clip_norm": s.update_clip_norm,
+        "rounds_completed": strategy.rounds_completed - len(strategy.rounds_failed),
+        "rounds_failed": strategy.rounds_failed,
+        "clients_dropped": strategy.clients_dropped,
+    }
 
 
 def federated_summary(cfg, run, strategy: RecommenderFedAvg, adapter_bytes: int, seconds: float) -> dict:
@@ -92,5 +135,6 @@ def federated_summary(cfg, run, strategy: RecommenderFedAvg, adapter_bytes: int,
             "rounds": strategy.rounds_completed,
         },
         "communication": {"adapter_bytes": adapter_bytes, "adapter_parameters": adapter_bytes // 4},
+        "secure_aggregation": secagg_summary(cfg, run, strategy),
         "data": data_block(run),
     }

@@ -1,6 +1,9 @@
 """FedAvg over the adapter, recording every round into the run folder.
 
-Weighted by each client's number of training users (``num_examples``). Federated evaluation
+Clients send updates (local − global); the new global adapter is the old one plus the mean
+update weighted by each client's number of training users (``num_examples``). Under SecAgg+
+the workflow hands this strategy the securely aggregated mean already (every result then
+carries the same vector), so the same code serves both paths. Federated evaluation
 aggregates metric *sums* and counts, so the result is exactly the user-weighted mean.
 """
 
@@ -9,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 
-from flwr.common import EvaluateIns, FitIns, parameters_to_ndarrays
+from flwr.common import EvaluateIns, FitIns, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.strategy import FedAvg
 
 from common.metrics.ranking import MetricSums
@@ -20,8 +23,21 @@ log = logging.getLogger("fedrec")
 
 
 class RecommenderFedAvg(FedAvg):
-    def __init__(self, store: RunStore, num_rounds: int, evaluate_every: int, **kwargs) -> None:
+    def __init__(
+        self,
+        store: RunStore,
+        num_rounds: int,
+        evaluate_every: int,
+        tolerate_dropouts: bool = False,
+        stop_on_failed_round: bool = False,
+        **kwargs,
+    ) -> None:
         super().__init__(**kwargs)
+        # Only secure aggregation tolerates dropped clients: its sum is over the survivors.
+        self.tolerate_dropouts = tolerate_dropouts
+        self.stop_on_failed_round = stop_on_failed_round
+        self.clients_dropped = 0
+        self.rounds_failed: list[int] = []
         self.store = store
         self.num_rounds = num_rounds
         self.evaluate_every = evaluate_every
@@ -48,10 +64,21 @@ class RecommenderFedAvg(FedAvg):
         return [(c, FitIns(f.parameters, {**f.config, "server_round": server_round})) for c, f in ins]
 
     def aggregate_fit(self, server_round, results, failures):
-        _raise_on_failures("train", server_round, failures)
-        parameters, _ = super().aggregate_fit(server_round, results, failures)
-        if parameters is not None:
-            self.latest_parameters = parameters
+        if self.tolerate_dropouts and failures:
+            # A dropped client can fail at several protocol stages: count clients, not errors.
+            dropped = self._row["clients"] - len(results)
+            log.warning("round %d: %d client(s) dropped out; aggregating the other %d",
+                        server_round, dropped, len(results))  # fmt: skip
+            self.clients_dropped += dropped
+            self._row["clients_dropped"] = dropped
+        else:
+            _raise_on_failures("train", server_round, failures)
+        mean_update, _ = super().aggregate_fit(server_round, results, [])
+        if mean_update is not None:
+            old = parameters_to_ndarrays(self.latest_parameters)
+            new = [w + d for w, d in zip(old, parameters_to_ndarrays(mean_update))]
+            self.latest_parameters = ndarrays_to_parameters(new)
+        parameters = self.latest_parameters
         users = sum(r.num_examples for _, r in results)
         loss = sum(r.num_examples * float(r.metrics["train_loss"]) for _, r in results) / max(users, 1)
         eps = {}
@@ -69,6 +96,9 @@ class RecommenderFedAvg(FedAvg):
                     "users": int(m["num_users"]),
                 }
         up = [num_bytes(parameters_to_ndarrays(r.parameters)) for _, r in results]
+        norms = [float(r.metrics["update_norm"]) for _, r in results if "update_norm" in r.metrics]
+        if norms:
+            self._row["update_norm_max"] = max(norms)
         self._row.update(
             train_loss=loss,
             clients_ok=len(results),
@@ -81,6 +111,14 @@ class RecommenderFedAvg(FedAvg):
         return parameters, {}
 
     def configure_evaluate(self, server_round, parameters, client_manager):
+        if "train_loss" not in self._row:
+            # aggregate_fit never ran: the secure aggregation of this round failed.
+            self._row["aggregation_failed"] = True
+            self.rounds_failed.append(server_round)
+            log.error("round %d: secure aggregation failed; the global model is unchanged", server_round)
+            if self.stop_on_failed_round:
+                self._end_round()
+                raise RuntimeError(f"round {server_round}: secure aggregation failed (secagg.on_failure=stop)")
         if not self._evaluates(server_round):
             self._end_round()
             return []
