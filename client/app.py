@@ -6,7 +6,9 @@ Flower ``context.state`` so it persists across rounds and is never reset.
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 from dataclasses import replace
 from functools import lru_cache
 
@@ -19,6 +21,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 
 from common.config import compose
 from common.device import resolve_device
+from common.distributed_dp import noisy_gradient_sum
 from common.evaluation import evaluate_users
 from common.privacy.accounting import AccountantState
 from common.secure_aggregation import clip_update, dropout_clients, update
@@ -29,6 +32,7 @@ from common.task import (
     federated_plan,
     learning_rate,
     load_run_data,
+    pooled_plan,
     training_sequences,
 )
 from common.training import train_local, trainable_sequences
@@ -80,6 +84,8 @@ class RecommenderClient(NumPyClient):
         server_round = int(config.get("server_round", 0))
         seqs = trainable_sequences(training_sequences(self.run.split, self.rows))
         seed = self.cfg.seed * 100_003 + server_round * 1_009 + self.client_id
+        if self.cfg.privacy.enabled and self.cfg.privacy.noise == "distributed":
+            return self._fit_distributed(model, seqs, seed, start)
         dp = None
         metrics: dict = {"client_id": self.client_id, "num_users": len(seqs)}
         if self.cfg.privacy.enabled:
@@ -116,11 +122,34 @@ class RecommenderClient(NumPyClient):
                 steps_total=accountant.steps,
             )
         delta = update(get_weights(model), parameters)
-        if self.cfg.secagg.enabled:
+        if self.cfg.secagg.enabled:  # keep every coordinate inside SecAgg+'s clipping range
             delta, norm = clip_update(delta, self.cfg.secagg.update_clip_norm)
             metrics["update_norm"] = norm
         metrics.update(train_loss=result["loss"], steps=result["steps"], fit_seconds=time.perf_counter() - start)
         return delta, len(seqs), metrics
+
+    def _fit_distributed(self, model, seqs, seed: int, start: float):
+        """One pooled DP-SGD step: this client's noisy sum of clipped user gradients, sent
+        with weight 1 so that the secure mean times the survivors is the sum."""
+        plan = pooled_plan(self.cfg, self.run)
+        grad_sum, sampled = noisy_gradient_sum(
+            model, seqs, self.run.data.num_items, self.cfg.model.num_negatives, plan,
+            seed=seed if self.cfg.privacy.seeded_noise else None,
+        )  # fmt: skip
+        accountant = self._accountant()
+        accountant.add(plan.noise_multiplier, plan.sample_rate, 1)
+        self.state.config_records[ACCOUNTANT_KEY] = ConfigRecord(accountant.to_dict())
+        limit = self.cfg.secagg.clipping_range
+        metrics = {
+            "client_id": self.client_id, "num_users": len(seqs), "sampled_users": sampled,
+            "epsilon": accountant.epsilon(plan.delta, self.cfg.privacy.accountant),
+            "delta": plan.delta, "noise_multiplier": plan.noise_multiplier,
+            "sample_rate": plan.sample_rate, "steps_total": accountant.steps, "train_loss": float("nan"),
+            # Flower would clamp these before quantizing; the plan keeps them out of reach.
+            "clamped_values": int(sum((np.abs(g) > limit).sum() for g in grad_sum)),
+            "steps": 1, "fit_seconds": time.perf_counter() - start,
+        }  # fmt: skip
+        return grad_sum, 1, metrics
 
     def evaluate(self, parameters, config):
         model = self._model(parameters)
@@ -166,4 +195,25 @@ def _maybe_drop_out(msg: Message, ctxt: Context) -> None:
             raise RuntimeError(f"simulated dropout of client {ctxt.node_config['partition-id']}")
 
 
-app = ClientApp(client_fn=client_fn, mods=[secagg_when_asked])
+def count_bytes(msg: Message, ctxt: Context, call_next) -> Message:
+    """With simulation.measure_bytes, log the serialized size of every message this client
+    receives and sends (all SecAgg+ stages included) to <output_dir>/bytes.jsonl."""
+    cfg = _config(str(ctxt.run_config.get("overrides", "")))
+    if not cfg.simulation.get("measure_bytes") or not cfg.output_dir:
+        return call_next(msg, ctxt)
+    from flwr.common.serde import recorddict_to_proto
+
+    out = call_next(msg, ctxt)
+    row = {
+        "round": int(msg.metadata.group_id or 0),
+        "client": int(ctxt.node_config.get("partition-id", -1)),
+        "type": msg.metadata.message_type,
+        "down": recorddict_to_proto(msg.content).ByteSize(),
+        "up": recorddict_to_proto(out.content).ByteSize() if out.has_content() else 0,
+    }
+    with open(Path(cfg.output_dir) / "bytes.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")  # one short append per message: atomic on POSIX
+    return out
+
+
+app = ClientApp(client_fn=client_fn, mods=[count_bytes, secagg_when_asked])

@@ -19,7 +19,7 @@ def check_secagg(cfg: DictConfig) -> None:
     s = cfg.secagg
     if not s.enabled:
         return
-    if not 0 < s.update_clip_norm <= s.clipping_range:
+    if cfg.privacy.get("noise") != "distributed" and not 0 < s.update_clip_norm <= s.clipping_range:
         raise SecAggConfigError(
             f"secagg.update_clip_norm={s.update_clip_norm} must be in (0, secagg.clipping_range="
             f"{s.clipping_range}]: a coordinate of a clipped update can be as large as its norm"

@@ -226,9 +226,26 @@ def check_plans(cfg: DictConfig, run: RunData) -> None:
     """Refuse a bad δ, an unreachable ε, or privacy or secure-aggregation settings that
     cannot work, before any training."""
     check_secagg(cfg)
-    if cfg.privacy.enabled:
+    if cfg.privacy.enabled and cfg.privacy.noise == "distributed":
+        pooled_plan(cfg, run)
+    elif cfg.privacy.enabled:
         for client in range(run.num_clients):
             federated_plan(cfg, run, client)
+
+
+_POOLED: dict = {}
+
+
+def pooled_plan(cfg: DictConfig, run: RunData):
+    """The federation-wide DP-SGD plan of privacy.noise=distributed (cached per process)."""
+    from common.distributed_dp import distributed_plan
+
+    key = (_data_key(cfg), cfg.privacy.epsilon, cfg.privacy.delta, cfg.strategy.num_rounds,
+           cfg.train.batch_size, cfg.secagg.reconstruction_threshold, cfg.privacy.get("sample_rate"))  # fmt: skip
+    if key not in _POOLED:
+        total = run.split.num_users
+        _POOLED[key] = distributed_plan(cfg, total, run.num_clients, run_delta(cfg, total))
+    return _POOLED[key]
 
 
 def federated_plan(cfg: DictConfig, run: RunData, client: int) -> ClientPlan:

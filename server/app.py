@@ -19,7 +19,7 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from common.config import compose
 from common.run_store import RunStore, data_block, split_metrics
 from common.serialization import get_weights, num_bytes, save_adapter, set_weights
-from common.task import adapter_config, build_model, check_plans, load_run_data
+from common.task import adapter_config, build_model, check_plans, learning_rate, load_run_data, pooled_plan
 from server.strategy import RecommenderFedAvg
 
 log = logging.getLogger("fedrec")
@@ -50,6 +50,7 @@ def main(grid: Grid, context: Context) -> None:
         num_rounds=s.num_rounds,
         evaluate_every=s.evaluate_every,
         tolerate_dropouts=bool(cfg.secagg.enabled),
+        **distributed_noise(cfg, run, initial),
         stop_on_failed_round=bool(cfg.secagg.enabled and cfg.secagg.on_failure == "stop"),
         fraction_fit=s.fraction_fit,
         fraction_evaluate=s.fraction_evaluate,
@@ -68,6 +69,17 @@ def main(grid: Grid, context: Context) -> None:
     if strategy.final_eval is None or strategy.rounds_completed < s.num_rounds:
         raise RuntimeError(f"run stopped after {strategy.rounds_completed}/{s.num_rounds} rounds; no summary written")
     store.write_summary(federated_summary(cfg, run, strategy, num_bytes(initial), time.perf_counter() - started))
+
+
+def distributed_noise(cfg, run, initial) -> dict:
+    """With privacy.noise=distributed the server owns the optimizer of the pooled DP-SGD."""
+    if not (cfg.privacy.enabled and cfg.privacy.noise == "distributed"):
+        return {}
+    from common.distributed_dp import ServerOptimizer
+
+    plan = pooled_plan(cfg, run)
+    return {"server_optimizer": ServerOptimizer(initial, learning_rate(cfg)),
+            "gradient_scale": 1.0 / plan.expected_batch}  # fmt: skip
 
 
 def max_weight(cfg, run) -> float:
@@ -110,6 +122,14 @@ def secagg_summary(cfg, run, strategy: RecommenderFedAvg) -> dict | None:
     }
 
 
+def mechanism(cfg) -> str:
+    if not cfg.privacy.enabled:
+        return "none"
+    if cfg.privacy.noise == "distributed":
+        return "dp-sgd over all clients' users, noise shares summed under secagg+ (distributed)"
+    return "dp-sgd per client (local noise)"
+
+
 def federated_summary(cfg, run, strategy: RecommenderFedAvg, adapter_bytes: int, seconds: float) -> dict:
     per_client = {str(k): v for k, v in sorted(strategy.client_privacy.items())}
     eps = [v["epsilon"] for v in strategy.client_privacy.values()]
@@ -121,7 +141,7 @@ def federated_summary(cfg, run, strategy: RecommenderFedAvg, adapter_bytes: int,
         "privacy": {
             "unit": "user",
             "enabled": bool(cfg.privacy.enabled),
-            "mechanism": "dp-sgd (per client, local noise)" if cfg.privacy.enabled else "none",
+            "mechanism": mechanism(cfg),
             "accountant": cfg.privacy.accountant if cfg.privacy.enabled else None,
             "epsilon_target": cfg.privacy.epsilon if cfg.privacy.enabled else None,
             "delta": next(iter(strategy.client_privacy.values()))["delta"] if eps else None,

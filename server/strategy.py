@@ -30,9 +30,15 @@ class RecommenderFedAvg(FedAvg):
         evaluate_every: int,
         tolerate_dropouts: bool = False,
         stop_on_failed_round: bool = False,
+        server_optimizer=None,
+        gradient_scale: float = 1.0,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        # Distributed noise: results are noisy gradient sums (weight 1 each); the server
+        # steps its optimizer on sum × gradient_scale (1 / expected batch) instead of adding.
+        self.server_optimizer = server_optimizer
+        self.gradient_scale = gradient_scale
         # Only secure aggregation tolerates dropped clients: its sum is over the survivors.
         self.tolerate_dropouts = tolerate_dropouts
         self.stop_on_failed_round = stop_on_failed_round
@@ -75,8 +81,13 @@ class RecommenderFedAvg(FedAvg):
             _raise_on_failures("train", server_round, failures)
         mean_update, _ = super().aggregate_fit(server_round, results, [])
         if mean_update is not None:
-            old = parameters_to_ndarrays(self.latest_parameters)
-            new = [w + d for w, d in zip(old, parameters_to_ndarrays(mean_update))]
+            mean = parameters_to_ndarrays(mean_update)
+            if self.server_optimizer is not None:
+                scale = len(results) * self.gradient_scale  # mean × survivors = the sum
+                new = self.server_optimizer.step([m * scale for m in mean])
+            else:
+                old = parameters_to_ndarrays(self.latest_parameters)
+                new = [w + d for w, d in zip(old, mean)]
             self.latest_parameters = ndarrays_to_parameters(new)
         parameters = self.latest_parameters
         users = sum(r.num_examples for _, r in results)
@@ -96,6 +107,10 @@ class RecommenderFedAvg(FedAvg):
                     "users": int(m["num_users"]),
                 }
         up = [num_bytes(parameters_to_ndarrays(r.parameters)) for _, r in results]
+        clamped = sum(int(r.metrics.get("clamped_values", 0)) for _, r in results)
+        if clamped:
+            self._row["clamped_values"] = clamped
+            log.warning("round %d: %d values outside secagg.clipping_range were clamped", server_round, clamped)
         norms = [float(r.metrics["update_norm"]) for _, r in results if "update_norm" in r.metrics]
         if norms:
             self._row["update_norm_max"] = max(norms)

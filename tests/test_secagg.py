@@ -169,3 +169,36 @@ def test_quantization_bound_matches_the_settings():
     cfg = compose(["secagg=secaggplus", "secagg.max_weight=10"])
     # 2 clients, weights exactly representable: n * 2c/Q / sum(r) = 2 * 16/2^22 / 1.0
     assert quantization_error_bound(cfg, [5, 5]) == pytest.approx(2 * 16 / 2**22)
+
+
+@pytest.mark.slow
+def test_secagg_benchmark_runs_on_a_tiny_setting_and_prints_its_ratio(tmp_path):
+    import os
+
+    env = {**os.environ, "FEDREC_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/secagg_overhead.py", "--clients", "3", "--rounds", "2", "--users", "60"],
+        cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    header, row = proc.stdout.strip().splitlines()[-2:]
+    assert "time ratio" in header
+    cells = row.split()
+    assert cells[0] == "3" and float(cells[3]) > 0
+    plain_up, secagg_up = float(cells[4]), float(cells[5])
+    assert secagg_up > plain_up > 0  # masked int vectors + keys and shares cost more bytes
+
+
+@pytest.mark.slow
+def test_distributed_noise_run_spends_one_pooled_budget(tmp_path):
+    proc = run_cli(tmp_path, *SMALL[:-1], "strategy.num_rounds=3", "privacy.noise=distributed")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    privacy = summary["privacy"]
+    assert "distributed" in privacy["mechanism"]
+    # Every client accounts the same pooled mechanism: one step per round.
+    per_client = list(privacy["per_client"].values())
+    assert len(per_client) == 4 and all(c["steps"] == 3 for c in per_client)
+    assert len({round(c["epsilon"], 9) for c in per_client}) == 1
+    assert per_client[0]["epsilon"] == pytest.approx(8.0, rel=0.02)
+    assert summary["secure_aggregation"]["rounds_completed"] == 3

@@ -1,0 +1,121 @@
+"""Distributed noise (``privacy.noise=distributed``): user-level DP-SGD over the pooled users
+of all clients, with the Gaussian noise split across clients and summed under SecAgg+.
+
+Each round is one DP-SGD step (DP-FedSGD). Every client Poisson-samples its users at the same
+rate q, sums their gradients clipped to L2 norm C, and adds N(0, (σC)²/t); SecAgg+ reveals
+only the sum over the m ≥ t surviving clients, whose noise has variance (m/t)·(σC)² ≥ (σC)².
+So the sum is the Gaussian mechanism of pooled DP-SGD (σ, q) — at least — and one accountant
+for the whole federation counts one step per round. t is the SecAgg+ reconstruction
+threshold: below t survivors the sum is never revealed, so it never carries too little noise.
+
+Guarantees: against the server and any client, (ε, δ) for every user of every client.
+Against the server colluding with clients, the honest clients' noise shares are still summed
+but a coalition can subtract its own shares: with c colluders among m survivors the noise
+left has variance (m−c)/t·(σC)², a weaker ε (reported in docs/threat-model.md).
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from common.model.recommender import TextSeqRec
+from common.privacy.accounting import PrivacyConfigError, check_delta, noise_multiplier_for_plan
+from common.training import user_loss
+
+
+@dataclass(frozen=True)
+class DistributedPlan:
+    noise_multiplier: float  # σ of the pooled mechanism
+    sample_rate: float  # q, the same at every client
+    steps: int  # one per round
+    delta: float
+    max_grad_norm: float  # C
+    noise_shares: int  # t: each client adds variance (σC)²/t
+    expected_batch: float  # q × all users: the server divides the noisy sum by it
+
+    @property
+    def share_std(self) -> float:
+        return self.noise_multiplier * self.max_grad_norm / math.sqrt(self.noise_shares)
+
+
+def shares_needed(cfg: DictConfig, num_clients: int) -> int:
+    """SecAgg+'s reconstruction threshold as a client count, by Flower's own rule; with
+    shares sent to every client it is the fewest survivors whose sum can be revealed."""
+    t = cfg.secagg.reconstruction_threshold
+    return max(round(t * num_clients), 2) if isinstance(t, float) else int(t)
+
+
+def distributed_plan(cfg: DictConfig, total_users: int, num_clients: int, delta: float) -> DistributedPlan:
+    if not cfg.secagg.enabled:
+        raise PrivacyConfigError(
+            "privacy.noise=distributed needs secagg=secaggplus: without secure aggregation the "
+            "server sees each client's update with only a 1/sqrt(t) share of the noise"
+        )
+    if cfg.secagg.num_shares != 1.0:
+        raise PrivacyConfigError("privacy.noise=distributed needs secagg.num_shares=1.0 (shares with every client)")
+    if cfg.strategy.fraction_fit != 1.0:
+        raise PrivacyConfigError("privacy.noise=distributed needs strategy.fraction_fit=1.0 (all clients each step)")
+    check_delta(delta, total_users)
+    q = cfg.privacy.get("sample_rate") or min(1.0, cfg.train.batch_size * num_clients / total_users)
+    steps = int(cfg.strategy.num_rounds)
+    sigma = noise_multiplier_for_plan(cfg.privacy.epsilon, delta, q, steps, cfg.privacy.accountant)
+    return DistributedPlan(sigma, q, steps, delta, float(cfg.privacy.max_grad_norm),
+                           shares_needed(cfg, num_clients), q * total_users)  # fmt: skip
+
+
+def noisy_gradient_sum(
+    model: TextSeqRec,
+    sequences: list[np.ndarray],
+    num_items: int,
+    num_negatives: int,
+    plan: DistributedPlan,
+    seed: int | None = None,
+) -> tuple[list[np.ndarray], int]:
+    """This client's share: Σ over Poisson-sampled users of clipped per-user gradients, plus
+    Gaussian noise of std σC/√t. Returns the arrays (parameter order) and the sample size.
+
+    ``seed=None`` draws sampling and noise from OS entropy (private); a seed is for tests."""
+    from opacus import GradSampleModule
+
+    gen = torch.Generator().manual_seed(secrets.randbits(63) if seed is None else seed)
+    device = next(model.parameters()).device
+    params = [p for p in model.parameters() if p.requires_grad]
+    chosen = torch.rand(len(sequences), generator=gen) < plan.sample_rate
+    batch = [s for s, c in zip(sequences, chosen.tolist()) if c]
+    total = [torch.zeros_like(p) for p in params]
+    if batch:
+        model.train()
+        gsm = GradSampleModule(model, loss_reduction="sum")
+        neg_gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)))
+        user_loss(gsm, batch, model.max_len, num_items, num_negatives, neg_gen, device).sum().backward()
+        per_user = [p.grad_sample.reshape(len(batch), -1) for p in params]
+        norms = torch.cat(per_user, dim=1).norm(dim=1)
+        scale = (plan.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+        for t, p in zip(total, params):
+            t += torch.einsum("b,b...->...", scale, p.grad_sample)
+        gsm._close()
+        model.zero_grad(set_to_none=True)
+        for p in params:
+            p.grad_sample = None
+    noisy = [t + torch.normal(0.0, plan.share_std, t.shape, generator=gen).to(device) for t in total]
+    return [n.detach().cpu().numpy() for n in noisy], len(batch)
+
+
+class ServerOptimizer:
+    """Adam on the global adapter, driven by the securely summed noisy gradient."""
+
+    def __init__(self, weights: list[np.ndarray], lr: float) -> None:
+        self.params = [torch.nn.Parameter(torch.as_tensor(w).clone()) for w in weights]
+        self.opt = torch.optim.Adam(self.params, lr=lr)
+
+    def step(self, gradient: list[np.ndarray]) -> list[np.ndarray]:
+        for p, g in zip(self.params, gradient):
+            p.grad = torch.as_tensor(g, dtype=p.dtype)
+        self.opt.step()
+        return [p.detach().numpy().copy() for p in self.params]
