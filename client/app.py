@@ -7,6 +7,7 @@ Flower ``context.state`` so it persists across rounds and is never reset.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from dataclasses import replace
@@ -21,7 +22,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 
 from common.config import compose
 from common.device import resolve_device
-from common.distributed_dp import noisy_gradient_sum
+from common.distributed_dp import check_protocol, noisy_gradient_sum
 from common.evaluation import evaluate_users
 from common.privacy.accounting import AccountantState
 from common.secure_aggregation import clip_update, dropout_clients, update
@@ -37,6 +38,7 @@ from common.task import (
 )
 from common.training import train_local, trainable_sequences
 
+log = logging.getLogger("fedrec")
 ACCOUNTANT_KEY = "dp_accountant"
 PLAN_KEY = "dp_plan"
 
@@ -132,7 +134,7 @@ class RecommenderClient(NumPyClient):
         """One pooled DP-SGD step: this client's noisy sum of clipped user gradients, sent
         with weight 1 so that the secure mean times the survivors is the sum."""
         plan = pooled_plan(self.cfg, self.run)
-        grad_sum, sampled = noisy_gradient_sum(
+        grad_sum, _ = noisy_gradient_sum(
             model, seqs, self.run.data.num_items, self.cfg.model.num_negatives, plan,
             seed=seed if self.cfg.privacy.seeded_noise else None,
         )  # fmt: skip
@@ -140,14 +142,17 @@ class RecommenderClient(NumPyClient):
         accountant.add(plan.noise_multiplier, plan.sample_rate, 1)
         self.state.config_records[ACCOUNTANT_KEY] = ConfigRecord(accountant.to_dict())
         limit = self.cfg.secagg.clipping_range
+        clamped = int(sum((np.abs(g) > limit).sum() for g in grad_sum))
+        if clamped:  # logged here, never sent: it depends on this client's lightly-noised sum
+            log.warning("client %d: %d values beyond secagg.clipping_range will be clamped", self.client_id, clamped)
+        # Only what the pooled mechanism covers or the plan fixes goes back in clear: not the
+        # batch size or timings, which would reveal the Poisson sample.
         metrics = {
-            "client_id": self.client_id, "num_users": len(seqs), "sampled_users": sampled,
+            "client_id": self.client_id, "num_users": len(seqs),
             "epsilon": accountant.epsilon(plan.delta, self.cfg.privacy.accountant),
             "delta": plan.delta, "noise_multiplier": plan.noise_multiplier,
             "sample_rate": plan.sample_rate, "steps_total": accountant.steps, "train_loss": float("nan"),
-            # Flower would clamp these before quantizing; the plan keeps them out of reach.
-            "clamped_values": int(sum((np.abs(g) > limit).sum() for g in grad_sum)),
-            "steps": 1, "fit_seconds": time.perf_counter() - start,
+            "steps": 1,
         }  # fmt: skip
         return grad_sum, 1, metrics
 
@@ -178,9 +183,19 @@ def secagg_when_asked(msg: Message, ctxt: Context, call_next) -> Message:
     configs = msg.content.config_records.get(RECORD_KEY_CONFIGS)
     if msg.metadata.message_type != MessageType.TRAIN or configs is None:
         return call_next(msg, ctxt)
+    if configs.get(Key.STAGE) == Stage.SETUP:
+        _check_setup(configs, ctxt)
     if configs.get(Key.STAGE) == Stage.COLLECT_MASKED_VECTORS:
         _maybe_drop_out(msg, ctxt)
     return secaggplus_mod(msg, ctxt, call_next)
+
+
+def _check_setup(configs, ctxt: Context) -> None:
+    """Distributed noise is only private if the server runs the protocol as planned."""
+    cfg = _config(str(ctxt.run_config.get("overrides", "")))
+    if cfg.privacy.enabled and cfg.privacy.noise == "distributed":
+        plan = pooled_plan(cfg, load_run_data(cfg))
+        check_protocol(plan, int(configs[Key.SAMPLE_NUMBER]), int(configs[Key.THRESHOLD]))
 
 
 def _maybe_drop_out(msg: Message, ctxt: Context) -> None:

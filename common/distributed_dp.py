@@ -36,12 +36,20 @@ class DistributedPlan:
     steps: int  # one per round
     delta: float
     max_grad_norm: float  # C
-    noise_shares: int  # t: each client adds variance (σC)²/t
+    noise_shares: int  # t: each client adds variance (σ·S)²/t
     expected_batch: float  # q × all users: the server divides the noisy sum by it
+    num_clients: int = 0  # every client takes part in every step
+    rounding_slack: float = 0.0  # L2 bound of SecAgg+'s stochastic rounding of one vector
+
+    @property
+    def sensitivity(self) -> float:
+        """S = C + rounding slack: SecAgg+ rounds each client's noised vector stochastically
+        to its grid, which can move one user's contribution by up to √d grid steps more."""
+        return self.max_grad_norm + self.rounding_slack
 
     @property
     def share_std(self) -> float:
-        return self.noise_multiplier * self.max_grad_norm / math.sqrt(self.noise_shares)
+        return self.noise_multiplier * self.sensitivity / math.sqrt(self.noise_shares)
 
 
 def shares_needed(cfg: DictConfig, num_clients: int) -> int:
@@ -51,7 +59,9 @@ def shares_needed(cfg: DictConfig, num_clients: int) -> int:
     return max(round(t * num_clients), 2) if isinstance(t, float) else int(t)
 
 
-def distributed_plan(cfg: DictConfig, total_users: int, num_clients: int, delta: float) -> DistributedPlan:
+def distributed_plan(
+    cfg: DictConfig, total_users: int, num_clients: int, delta: float, num_params: int = 0
+) -> DistributedPlan:
     if not cfg.secagg.enabled:
         raise PrivacyConfigError(
             "privacy.noise=distributed needs secagg=secaggplus: without secure aggregation the "
@@ -65,8 +75,22 @@ def distributed_plan(cfg: DictConfig, total_users: int, num_clients: int, delta:
     q = cfg.privacy.get("sample_rate") or min(1.0, cfg.train.batch_size * num_clients / total_users)
     steps = int(cfg.strategy.num_rounds)
     sigma = noise_multiplier_for_plan(cfg.privacy.epsilon, delta, q, steps, cfg.privacy.accountant)
+    # Weights are all 1 (max_weight 1), so the grid step on a value is 2c/Q.
+    step = 2 * float(cfg.secagg.clipping_range) / int(cfg.secagg.quantization_range)
     return DistributedPlan(sigma, q, steps, delta, float(cfg.privacy.max_grad_norm),
-                           shares_needed(cfg, num_clients), q * total_users)  # fmt: skip
+                           shares_needed(cfg, num_clients), q * total_users, num_clients,
+                           math.sqrt(num_params) * step)  # fmt: skip
+
+
+def check_protocol(plan: DistributedPlan, sample_number: int, threshold: int) -> None:
+    """Refuse a SecAgg+ round that could reveal a sum with less than the planned noise: the
+    server must include every client and require at least t survivors to unmask."""
+    if sample_number != plan.num_clients or threshold < plan.noise_shares:
+        raise PrivacyConfigError(
+            f"distributed noise needs every client ({plan.num_clients}) in the round and an "
+            f"unmasking threshold >= {plan.noise_shares}; the server asked for {sample_number} "
+            f"clients, threshold {threshold}: refusing to send a noise share"
+        )
 
 
 def noisy_gradient_sum(

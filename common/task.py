@@ -240,11 +240,11 @@ def pooled_plan(cfg: DictConfig, run: RunData):
     """The federation-wide DP-SGD plan of privacy.noise=distributed (cached per process)."""
     from common.distributed_dp import distributed_plan
 
-    key = (_data_key(cfg), cfg.privacy.epsilon, cfg.privacy.delta, cfg.strategy.num_rounds,
-           cfg.train.batch_size, cfg.secagg.reconstruction_threshold, cfg.privacy.get("sample_rate"))  # fmt: skip
+    key = json.dumps(OmegaConf.to_container(cfg, resolve=True), sort_keys=True, default=str)
     if key not in _POOLED:
         total = run.split.num_users
-        _POOLED[key] = distributed_plan(cfg, total, run.num_clients, run_delta(cfg, total))
+        params = sum(p.numel() for p in build_model(cfg, run).parameters() if p.requires_grad)
+        _POOLED[key] = distributed_plan(cfg, total, run.num_clients, run_delta(cfg, total), params)
     return _POOLED[key]
 
 

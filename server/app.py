@@ -18,6 +18,7 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 from common.config import compose
 from common.run_store import RunStore, data_block, split_metrics
+from common.distributed_dp import shares_needed
 from common.serialization import get_weights, num_bytes, save_adapter, set_weights
 from common.task import adapter_config, build_model, check_plans, learning_rate, load_run_data, pooled_plan
 from server.strategy import RecommenderFedAvg
@@ -45,6 +46,8 @@ def main(grid: Grid, context: Context) -> None:
     s = cfg.strategy
     n = run.num_clients
     min_fit = min(n, max(s.min_fit_clients, 1))
+    if cfg.privacy.enabled and cfg.privacy.noise == "distributed":
+        min_fit = n  # every client's noise share in every step (clients check it too)
     strategy = RecommenderFedAvg(
         store=store,
         num_rounds=s.num_rounds,
@@ -83,7 +86,10 @@ def distributed_noise(cfg, run, initial) -> dict:
 
 
 def max_weight(cfg, run) -> float:
-    """SecAgg+ weights are users per client; the largest must fit under max_weight."""
+    """SecAgg+ weights are users per client; the largest must fit under max_weight. With
+    distributed noise every weight is 1, and 1 keeps the quantization grid finest."""
+    if cfg.privacy.enabled and cfg.privacy.noise == "distributed":
+        return 1.0
     return float(cfg.secagg.max_weight or max(len(p) for p in run.partitions))
 
 
@@ -111,6 +117,9 @@ def secagg_summary(cfg, run, strategy: RecommenderFedAvg) -> dict | None:
         "protocol": "secagg+",
         "num_shares": s.num_shares,
         "threshold": s.reconstruction_threshold,
+        # As Flower resolves the fractions when every client is sampled.
+        "num_shares_clients": run.num_clients if s.num_shares == 1.0 else s.num_shares,
+        "threshold_clients": shares_needed(cfg, run.num_clients),
         "clipping_range": s.clipping_range,
         "quantization_range": s.quantization_range,
         "modulus_range": s.modulus_range,
@@ -118,7 +127,7 @@ def secagg_summary(cfg, run, strategy: RecommenderFedAvg) -> dict | None:
         "update_clip_norm": s.update_clip_norm,
         "rounds_completed": strategy.rounds_completed - len(strategy.rounds_failed),
         "rounds_failed": strategy.rounds_failed,
-        "clients_dropped": strategy.clients_dropped,
+        "clients_dropped": strategy.clients_dropped,  # in rounds that completed
     }
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import time
 
+import numpy as np
+
 from flwr.common import EvaluateIns, FitIns, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.strategy import FedAvg
 
@@ -84,10 +86,11 @@ class RecommenderFedAvg(FedAvg):
             mean = parameters_to_ndarrays(mean_update)
             if self.server_optimizer is not None:
                 scale = len(results) * self.gradient_scale  # mean × survivors = the sum
-                new = self.server_optimizer.step([m * scale for m in mean])
+                new = self.server_optimizer.step([(m * scale).astype(np.float32) for m in mean])
             else:
                 old = parameters_to_ndarrays(self.latest_parameters)
-                new = [w + d for w, d in zip(old, mean)]
+                # SecAgg+ dequantizes to float64: keep the adapter's own dtype.
+                new = [(w + d).astype(w.dtype) for w, d in zip(old, mean)]
             self.latest_parameters = ndarrays_to_parameters(new)
         parameters = self.latest_parameters
         users = sum(r.num_examples for _, r in results)
@@ -106,7 +109,9 @@ class RecommenderFedAvg(FedAvg):
                     "steps": int(m["steps_total"]),
                     "users": int(m["num_users"]),
                 }
-        up = [num_bytes(parameters_to_ndarrays(r.parameters)) for _, r in results]
+        # Under SecAgg+ every result holds the aggregate, not what the client sent: measure
+        # uploads there with simulation.measure_bytes instead.
+        up = [] if self.tolerate_dropouts else [num_bytes(parameters_to_ndarrays(r.parameters)) for _, r in results]
         clamped = sum(int(r.metrics.get("clamped_values", 0)) for _, r in results)
         if clamped:
             self._row["clamped_values"] = clamped
@@ -120,7 +125,7 @@ class RecommenderFedAvg(FedAvg):
             clients_failed=len(failures),
             epsilon_max=max(eps.values()) if eps else None,
             epsilon_per_client={str(k): v for k, v in sorted(eps.items())},
-            bytes_up_per_client=max(up) if up else 0,
+            bytes_up_per_client=max(up) if up else None,
             fit_seconds=time.perf_counter() - self._round_start,
         )
         return parameters, {}

@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from common.config import compose
-from common.distributed_dp import DistributedPlan, ServerOptimizer, distributed_plan, noisy_gradient_sum, shares_needed
+from common.distributed_dp import (
+    DistributedPlan,
+    ServerOptimizer,
+    check_protocol,
+    distributed_plan,
+    noisy_gradient_sum,
+    shares_needed,
+)
 from common.model.recommender import FrozenText, TextSeqRec
 from common.privacy.accounting import PrivacyConfigError
 
@@ -21,7 +28,7 @@ def _model():
 
 
 def _plan(sigma=2.0, q=0.5, shares=5, clip=1.0):
-    return DistributedPlan(sigma, q, 10, 1e-4, clip, shares, q * 100)
+    return DistributedPlan(sigma, q, 10, 1e-4, clip, shares, q * 100, num_clients=8)
 
 
 def test_noise_shares_of_t_clients_sum_to_the_pooled_variance():
@@ -36,20 +43,73 @@ def test_noise_shares_of_t_clients_sum_to_the_pooled_variance():
     assert abs(total.mean()) < 0.15
     one = np.concatenate([a.ravel() for a in shares[0]])
     assert one.std() == pytest.approx(2.0 / math.sqrt(5), rel=0.04)
+    # More survivors than the threshold only add noise: 8 shares of t = 5 give (8/5)·(σC)².
+    more = [noisy_gradient_sum(model, [], NUM_ITEMS, 4, plan, seed=s)[0] for s in range(5, 8)]
+    total8 = np.concatenate([sum(parts).ravel() for parts in zip(*shares, *more)])
+    assert total8.var() == pytest.approx(8 / 5 * 4.0, rel=0.08)
+
+
+def test_rounding_slack_inflates_the_noise_to_cover_secagg_quantization():
+    cfg = compose(["privacy.noise=distributed", "secagg=secaggplus"])
+    plain = distributed_plan(cfg, total_users=600, num_clients=10, delta=1e-4, num_params=0)
+    real = distributed_plan(cfg, total_users=600, num_clients=10, delta=1e-4, num_params=63_250)
+    step = 2 * 8.0 / 2**22
+    assert real.rounding_slack == pytest.approx(math.sqrt(63_250) * step)
+    assert real.share_std == pytest.approx(plain.share_std * (1 + real.rounding_slack))
+
+
+def test_clients_refuse_a_round_that_could_reveal_an_under_noised_sum():
+    plan = _plan(shares=5)
+    check_protocol(plan, sample_number=8, threshold=5)
+    with pytest.raises(PrivacyConfigError, match="every client"):
+        check_protocol(plan, sample_number=6, threshold=5)  # server sampled fewer clients
+    with pytest.raises(PrivacyConfigError, match="threshold >= 5"):
+        check_protocol(plan, sample_number=8, threshold=4)
 
 
 def test_signal_is_the_sum_of_clipped_per_user_gradients():
-    """With σ = 0 and q = 1 the share is exactly Σ_u clip(∇ℓ_u, C): norm ≤ users × C."""
+    """With σ = 0 and q = 1 the share is exactly Σ_u clip(∇ℓ_u, C), against autograd run
+    one user at a time with the same negatives."""
+    from common.training import user_loss
+
     rng = np.random.default_rng(0)
     seqs = [rng.choice(NUM_ITEMS, size=5, replace=False) for _ in range(6)]
-    plan = _plan(sigma=0.0, q=1.0, shares=2, clip=0.01)
-    grads, sampled = noisy_gradient_sum(_model(), seqs, NUM_ITEMS, 4, plan, seed=0)
+    clip = 0.05
+    grads, sampled = noisy_gradient_sum(_model(), seqs, NUM_ITEMS, 4, _plan(0.0, 1.0, 2, clip), seed=0)
     assert sampled == 6
-    norm = math.sqrt(sum(float((g**2).sum()) for g in grads))
-    assert 0 < norm <= 6 * 0.01 + 1e-6
-    # Unclipped gradients here are far larger than 0.01, so each user hits the clip:
-    big, _ = noisy_gradient_sum(_model(), seqs, NUM_ITEMS, 4, _plan(0.0, 1.0, 2, clip=1e6), seed=0)
-    assert math.sqrt(sum(float((g**2).sum()) for g in big)) > 6 * 0.01
+    # Rebuild the negatives the function drew: its generator is seeded, then draws q-sampling.
+    gen = torch.Generator().manual_seed(0)
+    torch.rand(6, generator=gen)
+    neg_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+    model = _model()
+    params = [p for p in model.parameters() if p.requires_grad]
+    want = [torch.zeros_like(p) for p in params]
+    neg_gen = torch.Generator().manual_seed(neg_seed)
+    # The batch draws all users' negatives at once: draw them once and slice per user.
+    negs = torch.randint(0, NUM_ITEMS, (6, 4), generator=neg_gen)
+    for b in range(6):
+        model.zero_grad()
+        fixed = torch.Generator().manual_seed(0)
+        loss = _loss_with_negatives(model, seqs[b], negs[b], user_loss, fixed)
+        loss.backward()
+        g = [p.grad.clone() for p in params]
+        norm = torch.sqrt(sum((x**2).sum() for x in g))
+        for w, x in zip(want, g):
+            w += x * min(1.0, clip / (float(norm) + 1e-6))
+    for got, w in zip(grads, want):
+        assert np.allclose(got, w.numpy(), atol=1e-6)
+    total = math.sqrt(sum(float((g**2).sum()) for g in grads))
+    assert 0 < total <= 6 * clip + 1e-6
+
+
+def _loss_with_negatives(model, seq, neg, user_loss, gen):
+    """user_loss for one user with the given negatives (patched into torch.randint)."""
+    original = torch.randint
+    torch.randint = lambda *a, **k: neg.unsqueeze(0)  # noqa: E731
+    try:
+        return user_loss(model, [seq], model.max_len, NUM_ITEMS, 4, gen, torch.device("cpu")).sum()
+    finally:
+        torch.randint = original
 
 
 def test_distributed_noise_is_refused_without_secure_aggregation():

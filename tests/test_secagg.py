@@ -79,6 +79,7 @@ def test_secagg_aggregate_equals_plain_weighted_mean_of_the_survivors(tmp_path, 
     assert sa["protocol"] == "secagg+" and sa["clients_dropped"] == len(dropped) and sa["rounds_completed"] == 1
     survivors = [c for c in range(4) if c not in dropped]
     ref_cfg, init, mean, weights = reference_mean_update(tmp_path, overrides, survivors)
+    ref_cfg.secagg.max_weight = sa["max_weight"]  # the server's, over all clients
     bound = quantization_error_bound(ref_cfg, weights)
     assert 0 < bound < 1e-4
     got = adapter(tmp_path / "run")
@@ -140,7 +141,11 @@ def test_masked_vector_reveals_nothing_while_the_sum_is_exact():
             pair = pseudo_rand_gen(shared, mod, [(20_000,)])[0].astype(np.int64)
             vec = vec + pair if i > j else vec - pair
         masked.append(parameters_mod([vec], mod)[0])
-    for m, u in zip(masked, updates):
+    for m, b, u in zip(masked, private, updates):
+        # The server learns each survivor's private mask b_i when unmasking the sum, so the
+        # pairwise masks alone must hide u_i: correlate what is left once b_i is removed.
+        seen = parameters_mod([m - b], mod)[0].astype(np.float64)
+        assert abs(np.corrcoef(seen, u)[0, 1]) < 0.05
         assert abs(np.corrcoef(m.astype(np.float64), u)[0, 1]) < 0.05
     total = parameters_mod([sum(masked) - sum(private)], mod)[0]
     assert np.array_equal(total, parameters_mod([sum(quantized)], mod)[0])
