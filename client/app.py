@@ -126,7 +126,10 @@ class RecommenderClient(NumPyClient):
         delta = update(get_weights(model), parameters)
         if self.cfg.secagg.enabled:  # keep every coordinate inside SecAgg+'s clipping range
             delta, norm = clip_update(delta, self.cfg.secagg.update_clip_norm)
-            metrics["update_norm"] = norm
+            if norm > self.cfg.secagg.update_clip_norm:  # logged locally: the norm of one
+                # client's update is exactly what secure aggregation hides from the server
+                log.warning("client %d: update norm %.3f clipped to secagg.update_clip_norm=%s",
+                            self.client_id, norm, self.cfg.secagg.update_clip_norm)  # fmt: skip
         metrics.update(train_loss=result["loss"], steps=result["steps"], fit_seconds=time.perf_counter() - start)
         return delta, len(seqs), metrics
 

@@ -112,13 +112,6 @@ class RecommenderFedAvg(FedAvg):
         # Under SecAgg+ every result holds the aggregate, not what the client sent: measure
         # uploads there with simulation.measure_bytes instead.
         up = [] if self.tolerate_dropouts else [num_bytes(parameters_to_ndarrays(r.parameters)) for _, r in results]
-        clamped = sum(int(r.metrics.get("clamped_values", 0)) for _, r in results)
-        if clamped:
-            self._row["clamped_values"] = clamped
-            log.warning("round %d: %d values outside secagg.clipping_range were clamped", server_round, clamped)
-        norms = [float(r.metrics["update_norm"]) for _, r in results if "update_norm" in r.metrics]
-        if norms:
-            self._row["update_norm_max"] = max(norms)
         self._row.update(
             train_loss=loss,
             clients_ok=len(results),
