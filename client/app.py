@@ -31,6 +31,7 @@ from common.task import (
     ClientPlan,
     build_model,
     federated_plan,
+    is_distributed,
     learning_rate,
     load_run_data,
     pooled_plan,
@@ -86,7 +87,7 @@ class RecommenderClient(NumPyClient):
         server_round = int(config.get("server_round", 0))
         seqs = trainable_sequences(training_sequences(self.run.split, self.rows))
         seed = self.cfg.seed * 100_003 + server_round * 1_009 + self.client_id
-        if self.cfg.privacy.enabled and self.cfg.privacy.noise == "distributed":
+        if is_distributed(self.cfg):
             return self._fit_distributed(model, seqs, seed, start)
         dp = None
         metrics: dict = {"client_id": self.client_id, "num_users": len(seqs)}
@@ -196,7 +197,7 @@ def secagg_when_asked(msg: Message, ctxt: Context, call_next) -> Message:
 def _check_setup(configs, ctxt: Context) -> None:
     """Distributed noise is only private if the server runs the protocol as planned."""
     cfg = _config(str(ctxt.run_config.get("overrides", "")))
-    if cfg.privacy.enabled and cfg.privacy.noise == "distributed":
+    if is_distributed(cfg):
         plan = pooled_plan(cfg, load_run_data(cfg))
         check_protocol(plan, int(configs[Key.SAMPLE_NUMBER]), int(configs[Key.THRESHOLD]))
 

@@ -13,9 +13,6 @@ from omegaconf import DictConfig, OmegaConf
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
-# Keys the harness adds for one run; not part of what a user's overrides decide.
-RUN_KEYS = ("output_dir",)
-
 
 def parse_overrides(overrides: str | list[str] | None) -> list[str]:
     """Hydra overrides from Flower's one-string run_config value (shell-style quoting)."""

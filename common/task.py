@@ -95,7 +95,7 @@ def _build_model(cfg: DictConfig, run: RunData) -> TextSeqRec:
     elif m.name == "lora":
         from common.model.lora_text import LoraText
 
-        states, mask = _lower_states(run, m.lm.path, m.top_layers, m.lm.max_length, cfg.get("cache_dir"))
+        states, mask = _lower_states(cfg, run)
         text = LoraText(m.lm.path, states, mask, m.top_layers, m.lora_r, m.lora_alpha, tuple(m.lora_targets))
     else:
         raise ValueError(f"model={m.name!r}: known models are projection, lora")
@@ -115,14 +115,16 @@ def _build_model(cfg: DictConfig, run: RunData) -> TextSeqRec:
 _LOWER: dict = {}
 
 
-def _lower_states(run: RunData, lm_path, top_layers: int, max_length: int, cache_dir):
+def _lower_states(cfg: DictConfig, run: RunData):
     """Lower-layer token states, read from the disk cache once per process."""
-    key = (id(run), lm_path, top_layers, max_length)
-    if key not in _LOWER:
-        from common.model.lora_text import cached_lower_states
+    from common.model.lora_text import cached_lower_states
 
-        _LOWER.clear()
-        _LOWER[key] = cached_lower_states(run.data.item_text, lm_path, top_layers, max_length, cache_dir=cache_dir)
+    m = cfg.model
+    key = (_data_key(cfg), m.top_layers, m.lm.max_length, m.lm.batch_size)
+    if key not in _LOWER:
+        _LOWER.clear()  # one catalogue at a time: the states are large
+        _LOWER[key] = cached_lower_states(run.data.item_text, m.lm.path, m.top_layers, m.lm.max_length,
+                                          m.lm.batch_size, cfg.get("cache_dir"))  # fmt: skip
     return _LOWER[key]
 
 
@@ -138,6 +140,11 @@ def adapter_config(cfg: DictConfig, run: RunData) -> dict:
 
 def training_sequences(split: LeaveOneOutSplit, rows: np.ndarray) -> list[np.ndarray]:
     return [split.train[r] for r in rows]
+
+
+def is_distributed(cfg: DictConfig) -> bool:
+    """privacy.noise=distributed: pooled DP-SGD with noise shares under SecAgg+."""
+    return bool(cfg.privacy.enabled and cfg.privacy.noise == "distributed")
 
 
 def learning_rate(cfg: DictConfig) -> float:
@@ -226,7 +233,7 @@ def check_plans(cfg: DictConfig, run: RunData) -> None:
     """Refuse a bad δ, an unreachable ε, or privacy or secure-aggregation settings that
     cannot work, before any training."""
     check_secagg(cfg)
-    if cfg.privacy.enabled and cfg.privacy.noise == "distributed":
+    if is_distributed(cfg):
         pooled_plan(cfg, run)
     elif cfg.privacy.enabled:
         for client in range(run.num_clients):

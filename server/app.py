@@ -20,7 +20,15 @@ from common.config import compose
 from common.run_store import RunStore, data_block, split_metrics
 from common.distributed_dp import shares_needed
 from common.serialization import get_weights, num_bytes, save_adapter, set_weights
-from common.task import adapter_config, build_model, check_plans, learning_rate, load_run_data, pooled_plan
+from common.task import (
+    adapter_config,
+    build_model,
+    check_plans,
+    is_distributed,
+    learning_rate,
+    load_run_data,
+    pooled_plan,
+)
 from server.strategy import RecommenderFedAvg
 
 log = logging.getLogger("fedrec")
@@ -46,7 +54,7 @@ def main(grid: Grid, context: Context) -> None:
     s = cfg.strategy
     n = run.num_clients
     min_fit = min(n, max(s.min_fit_clients, 1))
-    if cfg.privacy.enabled and cfg.privacy.noise == "distributed":
+    if is_distributed(cfg):
         min_fit = n  # every client's noise share in every step (clients check it too)
     strategy = RecommenderFedAvg(
         store=store,
@@ -76,7 +84,7 @@ def main(grid: Grid, context: Context) -> None:
 
 def distributed_noise(cfg, run, initial) -> dict:
     """With privacy.noise=distributed the server owns the optimizer of the pooled DP-SGD."""
-    if not (cfg.privacy.enabled and cfg.privacy.noise == "distributed"):
+    if not is_distributed(cfg):
         return {}
     from common.distributed_dp import ServerOptimizer
 
@@ -88,7 +96,7 @@ def distributed_noise(cfg, run, initial) -> dict:
 def max_weight(cfg, run) -> float:
     """SecAgg+ weights are users per client; the largest must fit under max_weight. With
     distributed noise every weight is 1, and 1 keeps the quantization grid finest."""
-    if cfg.privacy.enabled and cfg.privacy.noise == "distributed":
+    if is_distributed(cfg):
         return 1.0
     return float(cfg.secagg.max_weight or max(len(p) for p in run.partitions))
 
@@ -114,12 +122,12 @@ def secagg_summary(cfg, run, strategy: RecommenderFedAvg) -> dict | None:
         return None
     s = cfg.secagg
     return {
-        "protocol": "secagg+",
+        "protocol": s.protocol,
         "num_shares": s.num_shares,
         "threshold": s.reconstruction_threshold,
-        # As Flower resolves the fractions when every client is sampled.
-        "num_shares_clients": run.num_clients if s.num_shares == 1.0 else s.num_shares,
-        "threshold_clients": shares_needed(cfg, run.num_clients),
+        # As Flower resolves the fractions when every client shares with every other.
+        "num_shares_clients": run.num_clients if s.num_shares == 1.0 else None,
+        "threshold_clients": shares_needed(cfg, run.num_clients) if s.num_shares == 1.0 else None,
         "clipping_range": s.clipping_range,
         "quantization_range": s.quantization_range,
         "modulus_range": s.modulus_range,

@@ -50,6 +50,7 @@ class RecommenderFedAvg(FedAvg):
         self.num_rounds = num_rounds
         self.evaluate_every = evaluate_every
         self.latest_parameters = kwargs.get("initial_parameters")
+        self.adapter_bytes = num_bytes(parameters_to_ndarrays(self.latest_parameters)) if self.latest_parameters else 0
         self.client_privacy: dict[int, dict] = {}
         self.final_eval: MetricSums | None = None
         self.client_eval: dict[int, dict] = {}
@@ -66,8 +67,7 @@ class RecommenderFedAvg(FedAvg):
     def configure_fit(self, server_round, parameters, client_manager):
         self._round_start = time.perf_counter()
         ins = super().configure_fit(server_round, parameters, client_manager)
-        down = num_bytes(parameters_to_ndarrays(parameters))
-        self._row = {"round": server_round, "clients": len(ins), "bytes_down_per_client": down}
+        self._row = {"round": server_round, "clients": len(ins), "bytes_down_per_client": self.adapter_bytes}
         # The round number lets clients seed their local training reproducibly.
         return [(c, FitIns(f.parameters, {**f.config, "server_round": server_round})) for c, f in ins]
 

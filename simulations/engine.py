@@ -22,7 +22,7 @@ def run_flower_simulation(
     num_clients: int,
     num_cpus_per_client: float = 1,
     num_gpus_per_client: float = 0.0,
-    verbose: bool = False,
+    backend: str = "ray",
 ) -> None:
     """Run the ServerApp and ``num_clients`` ClientApps on the Ray simulation engine."""
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
@@ -66,8 +66,7 @@ def run_flower_simulation(
         server_app_context=server_context,
         app_dir=str(PROJECT_ROOT),
         run=run,
-        backend_name="ray",
+        backend_name=backend,
         backend_config=backend_config,
         is_app=True,
-        verbose_logging=verbose,
     )

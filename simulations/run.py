@@ -45,11 +45,13 @@ def app_overrides(task_overrides: list[str], output_dir: Path) -> str:
 
 
 def execute(cfg: DictConfig, task_overrides: list[str], out: Path) -> dict:
+    if cfg.baseline is not None and cfg.baseline not in BASELINES:
+        raise ValueError(f"baseline={cfg.baseline!r}: known baselines are {', '.join(BASELINES)}")
+    if cfg.strategy.name != "fedavg":
+        raise ValueError(f"strategy={cfg.strategy.name!r}: only fedavg is available")
     store = RunStore(out)
     store.start(cfg)
     run = load_run_data(cfg)  # also encodes item text once, so clients find it cached
-    if cfg.baseline is not None and cfg.baseline not in BASELINES:
-        raise ValueError(f"baseline={cfg.baseline!r}: known baselines are {', '.join(BASELINES)}")
     if cfg.baseline is not None:
         from simulations.baselines import run_centralized, run_popularity
 
@@ -65,6 +67,7 @@ def execute(cfg: DictConfig, task_overrides: list[str], out: Path) -> dict:
             num_clients=run.num_clients,
             num_cpus_per_client=sim.num_cpus_per_client,
             num_gpus_per_client=sim.num_gpus_per_client,
+            backend=sim.backend,
         )
         if not store.summary_path.exists():
             raise RuntimeError(f"the federated run did not complete (no {store.summary_path}); see the log above")

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from common.data.assemble import assemble
+from common.data.assemble import MISSING_ATTRIBUTE
 from common.data.types import DataError, InteractionData
 
 _EPOCH = pd.Timestamp(0, tz="UTC")
@@ -210,7 +211,7 @@ def _user_attributes(t: _Table) -> pd.DataFrame:
             raise DataError(f"{t.where(i)}: duplicate user_id {u!r}")
         seen[u] = i
     cols = {
-        name: ["unknown" if v is None or str(v).strip() == "" else str(v).strip() for v in vals]
+        name: [MISSING_ATTRIBUTE if v is None or str(v).strip() == "" else str(v).strip() for v in vals]
         for name, vals in t.columns.items()
         if name != "user_id"
     }

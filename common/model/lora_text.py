@@ -10,9 +10,11 @@ Linear hooks.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +71,15 @@ def cached_lower_states(
     return states_np.astype(np.float32), mask
 
 
+@lru_cache(maxsize=2)
+def _top_layers(path: str, top_layers: int) -> tuple[nn.ModuleList, int]:
+    """The LM's top layers, read from disk once per process (a model is built every round)."""
+    from transformers import AutoModel
+
+    lm = AutoModel.from_pretrained(path)
+    return nn.ModuleList(lm.encoder.layer[-top_layers:]), lm.config.num_attention_heads
+
+
 class TopLayers(nn.Module):
     """The LM's top encoder layers, applied to [..., tokens, hidden] with any leading dims."""
 
@@ -110,15 +121,14 @@ class LoraText(nn.Module):
     ) -> None:
         super().__init__()
         from peft import LoraConfig, get_peft_model
-        from transformers import AutoModel
 
-        lm = AutoModel.from_pretrained(str(resolve_lm_path(lm_path)))
-        top = nn.ModuleList(lm.encoder.layer[-top_layers:])
+        layers, heads = _top_layers(str(resolve_lm_path(lm_path)), top_layers)
+        top = copy.deepcopy(layers)  # PEFT modifies the modules it wraps
         for p in top.parameters():
             p.requires_grad_(False)
         config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(target_modules))
         # PEFT wraps only the named Linear layers; everything else stays frozen.
-        self.peft = get_peft_model(TopLayers(top, lm.config.num_attention_heads), config)
+        self.peft = get_peft_model(TopLayers(top, heads), config)
         self.register_buffer("states", torch.as_tensor(states), persistent=False)
         self.register_buffer("mask", torch.as_tensor(mask), persistent=False)
         self.dim = states.shape[-1]
