@@ -19,6 +19,7 @@ from flwr.client import ClientApp, NumPyClient
 from flwr.client.mod import secaggplus_mod
 from flwr.common import Message, MessageType
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from common.config import compose
 from common.device import resolve_device
@@ -31,6 +32,7 @@ from common.task import (
     ClientPlan,
     build_model,
     federated_plan,
+    is_central,
     is_distributed,
     learning_rate,
     load_run_data,
@@ -91,7 +93,7 @@ class RecommenderClient(NumPyClient):
             return self._fit_distributed(model, seqs, seed, start)
         dp = None
         metrics: dict = {"client_id": self.client_id, "num_users": len(seqs)}
-        if self.cfg.privacy.enabled:
+        if self.cfg.privacy.enabled and not is_central(self.cfg):
             plan = self._plan()
             dp = plan.dp
             if self.cfg.privacy.seeded_noise:
@@ -125,6 +127,12 @@ class RecommenderClient(NumPyClient):
                 steps_total=accountant.steps,
             )
         delta = update(get_weights(model), parameters)
+        if is_central(self.cfg):
+            # DP-FedAvg: the server's DP wrapper sends the clip norm; equal weights keep one
+            # client's influence on the mean at C/K, which its noise is sized for.
+            delta, _ = clip_update(delta, float(config[KEY_CLIPPING_NORM]))
+            metrics.update(train_loss=result["loss"], steps=result["steps"])
+            return delta, 1, metrics
         if self.cfg.secagg.enabled:  # keep every coordinate inside SecAgg+'s clipping range
             delta, norm = clip_update(delta, self.cfg.secagg.update_clip_norm)
             if norm > self.cfg.secagg.update_clip_norm:  # logged locally: the norm of one

@@ -147,9 +147,22 @@ def is_distributed(cfg: DictConfig) -> bool:
     return bool(cfg.privacy.enabled and cfg.privacy.noise == "distributed")
 
 
+def is_central(cfg: DictConfig) -> bool:
+    """privacy.noise=central: DP-FedAvg, client-side clipping and server noise."""
+    return bool(cfg.privacy.enabled and cfg.privacy.noise == "central")
+
+
+def central_plan_for(cfg: DictConfig, run: RunData):
+    from common.central_dp import central_plan
+
+    n = run.num_clients
+    delta = float(cfg.privacy.delta) if cfg.privacy.delta is not None else default_delta(n)
+    return central_plan(cfg, n, delta)
+
+
 def learning_rate(cfg: DictConfig) -> float:
-    """privacy.lr under DP-SGD when set, else train.lr."""
-    if cfg.privacy.enabled and cfg.privacy.get("lr") is not None:
+    """privacy.lr under DP-SGD when set, else train.lr (central DP trains without DP-SGD)."""
+    if cfg.privacy.enabled and not is_central(cfg) and cfg.privacy.get("lr") is not None:
         return float(cfg.privacy.lr)
     return float(cfg.train.lr)
 
@@ -235,6 +248,13 @@ def check_plans(cfg: DictConfig, run: RunData) -> None:
     check_secagg(cfg)
     if is_distributed(cfg):
         pooled_plan(cfg, run)
+    elif is_central(cfg):
+        central_plan_for(cfg, run)
+        if cfg.secagg.enabled and cfg.privacy.max_grad_norm > cfg.secagg.clipping_range:
+            raise PrivacyConfigError(
+                f"privacy.max_grad_norm={cfg.privacy.max_grad_norm} (the update clip) exceeds "
+                f"secagg.clipping_range={cfg.secagg.clipping_range}"
+            )
     elif cfg.privacy.enabled:
         for client in range(run.num_clients):
             federated_plan(cfg, run, client)
@@ -260,8 +280,8 @@ def federated_plan(cfg: DictConfig, run: RunData, client: int) -> ClientPlan:
     if cfg.partition.scheme == "cross_device":
         raise PrivacyConfigError(
             "privacy=dp with partition=cross_device: local DP-SGD on a one-user client protects "
-            "single interactions, not users; user-level DP there needs DP-FedAvg (not yet "
-            "available), so use privacy=none or a cross-silo partition"
+            "single interactions, not users; use privacy.noise=central (DP-FedAvg) for "
+            "user-level DP there"
         )
     users = len(trainable_sequences(training_sequences(run.split, run.partitions[client])))
     return client_plan(

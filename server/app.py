@@ -14,16 +14,20 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
+from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 from common.config import compose
 from common.run_store import RunStore, data_block, split_metrics
 from common.distributed_dp import shares_needed
+from common.privacy.accounting import AccountantState
 from common.serialization import get_weights, num_bytes, save_adapter, set_weights
 from common.task import (
     adapter_config,
     build_model,
+    central_plan_for,
     check_plans,
+    is_central,
     is_distributed,
     learning_rate,
     load_run_data,
@@ -70,7 +74,14 @@ def main(grid: Grid, context: Context) -> None:
         min_available_clients=n,
         initial_parameters=ndarrays_to_parameters(initial),
     )
-    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=s.num_rounds), strategy=strategy)
+    central = central_plan_for(cfg, run) if is_central(cfg) else None
+    workflow_strategy = strategy
+    if central is not None:
+        # Flower's DP-FedAvg wrapper: sends the clip norm, adds N(0, (σC/K)²) to the mean.
+        workflow_strategy = DifferentialPrivacyClientSideFixedClipping(
+            strategy, central.noise_multiplier, central.clipping_norm, central.num_sampled
+        )
+    legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=s.num_rounds), strategy=workflow_strategy)
     log.info("fedrec: %d clients, %d rounds, privacy=%s, secagg=%s", n, s.num_rounds,
              "dp" if cfg.privacy.enabled else "none", cfg.secagg.protocol)  # fmt: skip
     DefaultWorkflow(fit_workflow=fit_workflow(cfg, run))(grid, legacy)
@@ -79,7 +90,10 @@ def main(grid: Grid, context: Context) -> None:
     save_adapter(model, adapter_config(cfg, run), store.dir / "adapter")
     if strategy.final_eval is None or strategy.rounds_completed < s.num_rounds:
         raise RuntimeError(f"run stopped after {strategy.rounds_completed}/{s.num_rounds} rounds; no summary written")
-    store.write_summary(federated_summary(cfg, run, strategy, num_bytes(initial), time.perf_counter() - started))
+    summary = federated_summary(cfg, run, strategy, num_bytes(initial), time.perf_counter() - started)
+    if central is not None:
+        summary["privacy"].update(central_privacy(cfg, central, s.num_rounds))
+    store.write_summary(summary)
 
 
 def distributed_noise(cfg, run, initial) -> dict:
@@ -139,11 +153,23 @@ def secagg_summary(cfg, run, strategy: RecommenderFedAvg) -> dict | None:
     }
 
 
+def central_privacy(cfg, plan, rounds: int) -> dict:
+    """The server's accountant for DP-FedAvg: every round that started counts."""
+    accountant = AccountantState().add(plan.noise_multiplier, plan.sample_rate, rounds)
+    eps = accountant.epsilon(plan.delta, cfg.privacy.accountant)
+    entry = {"epsilon": eps, "delta": plan.delta, "noise_multiplier": plan.noise_multiplier,
+             "sample_rate": plan.sample_rate, "steps": rounds, "clipping_norm": plan.clipping_norm}  # fmt: skip
+    return {"unit": plan.unit, "delta": plan.delta, "epsilon_max": eps, "per_client": {"all": entry},
+            "accountant": cfg.privacy.accountant}  # fmt: skip
+
+
 def mechanism(cfg) -> str:
     if not cfg.privacy.enabled:
         return "none"
     if cfg.privacy.noise == "distributed":
         return "dp-sgd over all clients' users, noise shares summed under secagg+ (distributed)"
+    if cfg.privacy.noise == "central":
+        return "dp-fedavg: client-side fixed clipping + server gaussian noise (central)"
     return "dp-sgd per client (local noise)"
 
 

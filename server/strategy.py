@@ -65,6 +65,9 @@ class RecommenderFedAvg(FedAvg):
         return self.evaluate_every > 0 and server_round % self.evaluate_every == 0
 
     def configure_fit(self, server_round, parameters, client_manager):
+        # The workflow's parameters are the global model: a DP wrapper around this strategy
+        # may have added noise to what aggregate_fit returned.
+        self.latest_parameters = parameters
         self._round_start = time.perf_counter()
         ins = super().configure_fit(server_round, parameters, client_manager)
         self._row = {"round": server_round, "clients": len(ins), "bytes_down_per_client": self.adapter_bytes}
@@ -124,6 +127,7 @@ class RecommenderFedAvg(FedAvg):
         return parameters, {}
 
     def configure_evaluate(self, server_round, parameters, client_manager):
+        self.latest_parameters = parameters
         if "train_loss" not in self._row:
             # aggregate_fit never ran: the secure aggregation of this round failed.
             self._row["aggregation_failed"] = True
