@@ -115,6 +115,14 @@ def train_local(
     seqs = trainable_sequences(sequences)
     if not seqs:
         return {"loss": float("nan"), "steps": 0, "users": 0, "history": []}
+    # Dropout draws from torch's global RNG: seed it for this call only, so the same seed
+    # and config train the same model (the DP noise has its own generators, see DPSettings).
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _train(model, seqs, num_items, epochs, batch_size, lr, num_negatives, seed, dp, weight_decay)
+
+
+def _train(model, seqs, num_items, epochs, batch_size, lr, num_negatives, seed, dp, weight_decay) -> dict:
     gen = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
     model.train()

@@ -157,3 +157,16 @@ def test_dp_noise_is_unpredictable_unless_explicitly_seeded():
     same = lambda x, y: all(np.array_equal(a, b) for a, b in zip(runs[x], runs[y]))  # noqa: E731
     assert not same("a", "b"), "same config, OS-entropy noise: the updates must differ"
     assert same("c", "d"), "an explicit noise seed reproduces the run"
+
+
+def test_same_seed_trains_the_same_model_with_dropout():
+    seqs = _sequences(30)
+    start = get_weights(_model())
+    runs = []
+    for _ in range(2):
+        m = TextSeqRec(FrozenText(TEXT), NUM_ITEMS, dim=16, max_len=10, dropout=0.3, item_bias=True)
+        set_weights(m, start)
+        torch.manual_seed(123 + len(runs))  # a different global RNG state each time
+        train_local(m, seqs, NUM_ITEMS, 2, 10, 1e-2, 4, seed=5)
+        runs.append(get_weights(m))
+    assert all(np.array_equal(a, b) for a, b in zip(*runs))
