@@ -21,7 +21,7 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from common.config import resolved  # noqa: E402
+from common.config import resolved, to_yaml  # noqa: E402
 from common.data.types import DataError  # noqa: E402
 from common.model.item_encoder import ModelPathError  # noqa: E402
 from common.privacy.accounting import PrivacyConfigError  # noqa: E402
@@ -76,6 +76,19 @@ def execute(cfg: DictConfig, task_overrides: list[str], out: Path) -> dict:
     return summary
 
 
+def _name(cfg: DictConfig) -> str:
+    return cfg.baseline or ("federated DP" if cfg.privacy.enabled else "federated")
+
+
+def completed_summary(cfg: DictConfig, out: Path) -> dict | None:
+    """The summary of a completed run in ``out`` whose resolved config equals ``cfg``."""
+    store = RunStore(out)
+    config = out / "config.yaml"
+    if store.summary_path.is_file() and config.is_file() and config.read_text() == to_yaml(cfg):
+        return store.read_summary()
+    return None
+
+
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     # Flower logs to its own console handler; through Hydra's root handler too, every line
@@ -88,14 +101,19 @@ def main(cfg: DictConfig) -> None:
     cfg.output_dir = str(out)
     if cfg.dataset.path:
         cfg.dataset.path = str(Path(cfg.dataset.path).resolve())
+    done = completed_summary(cfg, out)
+    if done is not None:
+        # Re-running a sweep into the same folder skips what already finished.
+        print(f"fedrec: {out} already holds a completed run of this exact config; skipped")
+        print(format_table([(_name(cfg), done)]))
+        return
     try:
         summary = execute(cfg, task, out)
     except (DataError, PrivacyConfigError, ModelPathError, ValueError) as e:
         # Bad input: one clear line, no traceback, nothing half-written.
         print(f"fedrec: error: {e}", file=sys.stderr)
         sys.exit(2)
-    name = cfg.baseline or ("federated DP" if cfg.privacy.enabled else "federated")
-    print(format_table([(name, summary)]))
+    print(format_table([(_name(cfg), summary)]))
     print(f"run folder: {out}")
 
 

@@ -139,3 +139,29 @@ def test_flwr_run_cli_runs_the_same_app_from_the_same_conf(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["privacy"]["per_client"]) == 3 and summary["eval_users"] > 0
     assert OmegaConf.load(out / "config.yaml") == compose(overrides)
+
+
+def test_a_rerun_skips_a_completed_run_of_the_same_config_and_redoes_a_changed_one(tmp_path):
+    args = [*SMALL, "baseline=popularity"]
+    first = run_cli(tmp_path, *args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    summary = tmp_path / "run" / "summary.json"
+    stamp = summary.stat().st_mtime_ns
+    again = run_cli(tmp_path, *args)
+    assert again.returncode == 0 and "skipped" in again.stdout
+    assert summary.stat().st_mtime_ns == stamp
+    changed = run_cli(tmp_path, *args, "eval.sampled_negatives=50")
+    assert changed.returncode == 0 and "skipped" not in changed.stdout
+    assert summary.stat().st_mtime_ns != stamp
+
+
+@pytest.mark.slow
+def test_the_same_seed_gives_the_same_metrics(tmp_path):
+    def metrics(name, seed):
+        proc = run_cli(tmp_path / name, *SMALL, "baseline=centralized", "privacy=none", "train.epochs=2", f"seed={seed}")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads((tmp_path / name / "run" / "summary.json").read_text())["metrics"]
+
+    a, b, c = metrics("a", 3), metrics("b", 3), metrics("c", 4)
+    assert a == b
+    assert a != c
