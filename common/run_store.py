@@ -76,6 +76,48 @@ def split_metrics(means: dict[str, float]) -> dict[str, dict[str, float]]:
     return {"full": full, "sampled": sampled}
 
 
+def build_summary(
+    kind: str,
+    cfg: DictConfig,
+    run,
+    sums,
+    per_client: dict[str, dict],
+    mechanism: str,
+    seconds: float,
+    round_seconds: list[float],
+    rounds: int,
+    private: bool | None = None,
+) -> dict:
+    """The summary.json every run writes (DESIGN.md contract); callers add their own blocks.
+
+    ``per_client`` maps a client (or "central"/"all") to its privacy entry with at least
+    ``epsilon`` and ``delta``; ``private`` defaults to whether there is any entry."""
+    eps = [v["epsilon"] for v in per_client.values()]
+    private = bool(per_client) if private is None else private
+    return {
+        "kind": kind,
+        "metrics": split_metrics(sums.means()),
+        "eval_users": sums.counts.get("", 0),
+        "privacy": {
+            "unit": "user",
+            "enabled": private,
+            "mechanism": mechanism,
+            "accountant": cfg.privacy.accountant if private else None,
+            "epsilon_target": cfg.privacy.epsilon if private else None,
+            "delta": next(iter(per_client.values()))["delta"] if per_client else None,
+            "epsilon_max": max(eps) if eps else None,
+            "per_client": per_client,
+        },
+        "fairness": {},
+        "timing": {
+            "seconds_total": seconds,
+            "seconds_per_round": sum(round_seconds) / len(round_seconds) if round_seconds else None,
+            "rounds": rounds,
+        },
+        "data": data_block(run),
+    }
+
+
 def data_block(run) -> dict:
     """The summary's ``data`` block: sizes, drops and the share of tied test timestamps."""
     s = run.split.stats

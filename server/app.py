@@ -18,7 +18,7 @@ from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 from common.config import compose
-from common.run_store import RunStore, data_block, split_metrics
+from common.run_store import RunStore, build_summary
 from common.distributed_dp import shares_needed
 from common.privacy.accounting import AccountantState
 from common.serialization import get_weights, num_bytes, save_adapter, set_weights
@@ -175,29 +175,9 @@ def mechanism(cfg) -> str:
 
 def federated_summary(cfg, run, strategy: RecommenderFedAvg, adapter_bytes: int, seconds: float) -> dict:
     per_client = {str(k): v for k, v in sorted(strategy.client_privacy.items())}
-    eps = [v["epsilon"] for v in strategy.client_privacy.values()]
-    rounds = strategy.round_seconds
-    return {
-        "kind": "federated",
-        "metrics": split_metrics(strategy.final_eval.means()),
-        "eval_users": strategy.final_eval.counts.get("", 0),
-        "privacy": {
-            "unit": "user",
-            "enabled": bool(cfg.privacy.enabled),
-            "mechanism": mechanism(cfg),
-            "accountant": cfg.privacy.accountant if cfg.privacy.enabled else None,
-            "epsilon_target": cfg.privacy.epsilon if cfg.privacy.enabled else None,
-            "delta": next(iter(strategy.client_privacy.values()))["delta"] if eps else None,
-            "epsilon_max": max(eps) if eps else None,
-            "per_client": per_client,
-        },
-        "fairness": {"clients": {str(k): v for k, v in sorted(strategy.client_eval.items())}},
-        "timing": {
-            "seconds_total": seconds,
-            "seconds_per_round": sum(rounds) / len(rounds) if rounds else None,
-            "rounds": strategy.rounds_completed,
-        },
-        "communication": {"adapter_bytes": adapter_bytes, "adapter_parameters": adapter_bytes // 4},
-        "secure_aggregation": secagg_summary(cfg, run, strategy),
-        "data": data_block(run),
-    }
+    summary = build_summary("federated", cfg, run, strategy.final_eval, per_client, mechanism(cfg), seconds,
+                            strategy.round_seconds, strategy.rounds_completed, bool(cfg.privacy.enabled))  # fmt: skip
+    summary["fairness"] = {"clients": {str(k): v for k, v in sorted(strategy.client_eval.items())}}
+    summary["communication"] = {"adapter_bytes": adapter_bytes, "adapter_parameters": adapter_bytes // 4}
+    summary["secure_aggregation"] = secagg_summary(cfg, run, strategy)
+    return summary

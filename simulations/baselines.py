@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from common.device import resolve_device
 from common.evaluation import evaluate_scorer, evaluate_users
 from common.privacy.accounting import AccountantState
-from common.run_store import RunStore, data_block, split_metrics
+from common.run_store import RunStore, build_summary
 from common.serialization import num_bytes, get_weights, save_adapter
 from common.task import RunData, adapter_config, build_model, client_plan, learning_rate, training_sequences
 from common.training import train_local, trainable_sequences
@@ -87,25 +87,6 @@ def run_centralized(cfg: DictConfig, run: RunData, store: RunStore) -> dict:
 
 
 def _summary(cfg, run, kind, sums, privacy, seconds, epoch_seconds) -> dict:
-    return {
-        "kind": kind,
-        "metrics": split_metrics(sums.means()),
-        "eval_users": sums.counts.get("", 0),
-        "privacy": {
-            "unit": "user",
-            "enabled": privacy is not None,
-            "mechanism": "dp-sgd (central)" if privacy else "none",
-            "accountant": cfg.privacy.accountant if privacy else None,
-            "epsilon_target": cfg.privacy.epsilon if privacy else None,
-            "delta": privacy["delta"] if privacy else None,
-            "epsilon_max": privacy["epsilon"] if privacy else None,
-            "per_client": {"central": privacy} if privacy else {},
-        },
-        "fairness": {},
-        "timing": {
-            "seconds_total": seconds,
-            "seconds_per_round": float(np.mean(epoch_seconds)) if epoch_seconds else None,
-            "rounds": len(epoch_seconds),
-        },
-        "data": data_block(run),
-    }
+    per_client = {"central": privacy} if privacy else {}
+    mechanism = "dp-sgd (central)" if privacy else "none"
+    return build_summary(kind, cfg, run, sums, per_client, mechanism, seconds, epoch_seconds, len(epoch_seconds))
