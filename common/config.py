@@ -42,6 +42,10 @@ def resolved(cfg: DictConfig) -> DictConfig:
     container.pop("hydra", None)
     out = OmegaConf.create(container)
     OmegaConf.resolve(out)
+    privacy = out.get("privacy")
+    if privacy is not None and privacy.get("enabled") and privacy.get("epsilon") == float("inf"):
+        # ε = ∞ is the non-private run, so one sweep `privacy.epsilon=1,4,8,inf` covers it.
+        privacy.enabled = False
     return out
 
 

@@ -63,11 +63,15 @@ def evaluate_users(
     ks: tuple[int, ...] = (5, 10, 20),
 ) -> MetricSums:
     """Metric sums of ``model`` over the users in ``rows`` (split-row indices)."""
+    return evaluate_scorer(model_scorer(model, split.num_items), split, rows, which, sampled_negatives, seed, ks)
+
+
+def model_scorer(model: TextSeqRec, num_items: int) -> Callable[[list[np.ndarray]], np.ndarray]:
+    """``model`` as a scorer of histories; item vectors computed once, not per batch of users."""
     model.eval()
-    items = model.item_vectors(split.num_items)  # once, not per batch of users
-    bias = model.item_bias(split.num_items)
-    score = lambda hist: user_scores(model, items, hist, bias).cpu().numpy()  # noqa: E731
-    return evaluate_scorer(score, split, rows, which, sampled_negatives, seed, ks)
+    items = model.item_vectors(num_items)
+    bias = model.item_bias(num_items)
+    return lambda hist: user_scores(model, items, hist, bias).cpu().numpy()
 
 
 def evaluate_scorer(

@@ -91,7 +91,7 @@ def build_model(cfg: DictConfig, run: RunData) -> TextSeqRec:
 def _build_model(cfg: DictConfig, run: RunData) -> TextSeqRec:
     m = cfg.model
     if m.name == "projection":
-        text = FrozenText(torch.as_tensor(run.item_text))
+        text = FrozenText(torch.as_tensor(run.item_text)) if m.get("item_text", True) else None
     elif m.name == "lora":
         from common.model.lora_text import LoraText
 

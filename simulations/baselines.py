@@ -1,24 +1,53 @@
-"""Baselines in the same harness and summary format: popularity, and the same model trained
-centralized (all users in one place), with or without DP."""
+"""Baselines in the same harness and summary format, each one ``baseline=`` away:
+
+- ``popularity``: items ranked by interaction count;
+- ``centralized``: the federated model's architecture trained on all users in one place for
+  ``train.epochs`` (with ``privacy=dp``: one DP-SGD over all users);
+- ``local``: every client trains the same model alone on its own users, with the same epochs
+  (rounds × local epochs) and the same DP plan as in the federation, and is evaluated on its
+  own users — what an organisation gets without federating;
+- ``sasrec_ids``: a classic SASRec on item ids (no item text), trained centrally, to put the
+  language-model approach in context.
+
+Every baseline evaluates each client's users separately too (``fairness.clients``), so its
+per-client distribution compares with a federated run's.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from common.device import resolve_device
-from common.evaluation import evaluate_scorer, evaluate_users
+from common.evaluation import evaluate_scorer, model_scorer
+from common.metrics.ranking import MetricSums
 from common.privacy.accounting import AccountantState
 from common.run_store import RunStore, build_summary
-from common.serialization import num_bytes, get_weights, save_adapter
-from common.task import RunData, adapter_config, build_model, client_plan, learning_rate, training_sequences
+from common.serialization import get_weights, num_bytes, save_adapter
+from common.task import (
+    ClientPlan,
+    RunData,
+    adapter_config,
+    build_model,
+    client_plan,
+    learning_rate,
+    training_sequences,
+)
 from common.training import train_local, trainable_sequences
 
 log = logging.getLogger("fedrec")
+BASELINES = ("popularity", "centralized", "local", "sasrec_ids")
+
+
+def run_baseline(cfg: DictConfig, run: RunData, store: RunStore) -> dict:
+    runners = {"popularity": run_popularity, "centralized": run_centralized, "local": run_local,
+               "sasrec_ids": run_sasrec_ids}  # fmt: skip
+    return runners[cfg.baseline](cfg, run, store)
 
 
 def popularity_scores(split, which: str) -> np.ndarray:
@@ -33,60 +62,140 @@ def run_popularity(cfg: DictConfig, run: RunData, store: RunStore) -> dict:
     start = time.perf_counter()
     counts = popularity_scores(run.split, cfg.eval.split)
     score = lambda hist: np.broadcast_to(counts, (len(hist), counts.size))  # noqa: E731
-    rows = np.arange(run.split.num_users)
-    sums = evaluate_scorer(score, run.split, rows, cfg.eval.split, cfg.eval.sampled_negatives, cfg.seed, tuple(cfg.eval.ks))
-    store.append_metrics({"round": 0, **{f"eval_{k}": v for k, v in sums.means().items()}})
-    return _summary(cfg, run, "popularity", sums, None, time.perf_counter() - start, [])
+    total, clients = evaluate_by_client(cfg, run, lambda _client: score)
+    store.append_metrics({"round": 0, **{f"eval_{k}": v for k, v in total.means().items()}})
+    return _summary(cfg, run, "popularity", total, clients, {}, time.perf_counter() - start, [])
 
 
-def run_centralized(cfg: DictConfig, run: RunData, store: RunStore) -> dict:
-    """The federated model's architecture trained on all users at once for train.epochs."""
-    start = time.perf_counter()
+@dataclass
+class Learner:
+    """One model trained on one set of users, with its own DP plan and accountant."""
+
+    rows: np.ndarray
+    model: object
+    seqs: list[np.ndarray]
+    plan: ClientPlan | None
+    accountant: AccountantState = field(default_factory=AccountantState)
+    loss: float = float("nan")
+
+    def privacy(self, accountant: str) -> dict | None:
+        if self.plan is None:
+            return None
+        return {
+            "epsilon": self.accountant.epsilon(self.plan.delta, accountant),
+            "delta": self.plan.delta,
+            "noise_multiplier": self.plan.dp.noise_multiplier,
+            "sample_rate": self.plan.sample_rate,
+            "steps": self.accountant.steps,
+            "users": len(self.seqs),
+        }
+
+
+def new_learner(cfg: DictConfig, run: RunData, rows: np.ndarray, epochs: int) -> Learner:
+    """Same initialisation as the federated model; with DP, the plan that spends
+    ``privacy.epsilon`` over ``epochs`` epochs of these users."""
     model = build_model(cfg, run).to(resolve_device(cfg.device))
-    rows = np.arange(run.split.num_users)
     seqs = trainable_sequences(training_sequences(run.split, rows))
     plan = None
-    accountant = AccountantState()
     if cfg.privacy.enabled:
-        plan = client_plan(cfg, len(seqs), len(rows), rounds=1, epochs_per_round=cfg.train.epochs)
+        plan = client_plan(cfg, len(seqs), run.split.num_users, rounds=1, epochs_per_round=epochs)
+    return Learner(np.asarray(rows), model, seqs, plan)
+
+
+def train_epoch(cfg: DictConfig, run: RunData, learner: Learner, seed: int) -> None:
+    dp = None
+    if learner.plan:
+        dp = replace(learner.plan.dp, noise_seed=seed) if cfg.privacy.seeded_noise else learner.plan.dp
+    result = train_local(
+        learner.model, learner.seqs, run.data.num_items, epochs=1, batch_size=cfg.train.batch_size,
+        lr=learning_rate(cfg), num_negatives=cfg.model.num_negatives, seed=seed, dp=dp,
+        weight_decay=cfg.train.weight_decay,
+    )  # fmt: skip
+    learner.loss = result["loss"]
+    if learner.plan:
+        learner.accountant.extend(result["history"])
+
+
+def train_learners(cfg: DictConfig, run: RunData, learners: list[Learner], epochs: int, store: RunStore) -> list[float]:
+    """Train every learner one epoch at a time (lockstep, so metrics.jsonl has one row per
+    epoch); returns seconds per epoch."""
     epoch_seconds = []
-    for epoch in range(1, cfg.train.epochs + 1):
+    for epoch in range(1, epochs + 1):
         t = time.perf_counter()
-        seed = cfg.seed * 100_003 + epoch
-        dp = None
-        if plan:
-            dp = replace(plan.dp, noise_seed=seed) if cfg.privacy.seeded_noise else plan.dp
-        result = train_local(
-            model, seqs, run.data.num_items, epochs=1, batch_size=cfg.train.batch_size, lr=learning_rate(cfg),
-            num_negatives=cfg.model.num_negatives, seed=seed, dp=dp, weight_decay=cfg.train.weight_decay,
-        )  # fmt: skip
-        row = {"round": epoch, "train_loss": result["loss"]}
-        if plan:
-            accountant.extend(result["history"])
-            row["epsilon_max"] = accountant.epsilon(plan.delta, cfg.privacy.accountant)
+        for i, learner in enumerate(learners):
+            train_epoch(cfg, run, learner, seed=cfg.seed * 100_003 + epoch * 1_009 + i)
+        users = sum(len(x.seqs) for x in learners)
+        row = {"round": epoch, "train_loss": sum(len(x.seqs) * x.loss for x in learners) / max(users, 1)}
+        eps = [p["epsilon"] for p in (x.privacy(cfg.privacy.accountant) for x in learners) if p]
+        if eps:
+            row["epsilon_max"] = max(eps)
         epoch_seconds.append(time.perf_counter() - t)
         row["seconds"] = epoch_seconds[-1]
         store.append_metrics(row)
-        log.info("epoch %d/%d  loss %.4f  %s", epoch, cfg.train.epochs, result["loss"],
-                 f"eps {row['epsilon_max']:.2f}" if plan else "eps inf")  # fmt: skip
-    sums = evaluate_users(model, run.split, rows, cfg.eval.split, cfg.eval.sampled_negatives, cfg.seed, tuple(cfg.eval.ks))
-    save_adapter(model.cpu(), adapter_config(cfg, run), store.dir / "adapter")
-    privacy = None
-    if plan:
-        privacy = {
-            "epsilon": accountant.epsilon(plan.delta, cfg.privacy.accountant),
-            "delta": plan.delta,
-            "noise_multiplier": plan.dp.noise_multiplier,
-            "sample_rate": plan.sample_rate,
-            "steps": accountant.steps,
-            "users": len(rows),
-        }
-    summary = _summary(cfg, run, "centralized", sums, privacy, time.perf_counter() - start, epoch_seconds)
-    summary["communication"] = {"adapter_bytes": num_bytes(get_weights(model))}
+        log.info("epoch %d/%d  loss %.4f  %s", epoch, epochs, row["train_loss"],
+                 f"eps {row['epsilon_max']:.2f}" if eps else "eps inf")  # fmt: skip
+    return epoch_seconds
+
+
+def evaluate_by_client(
+    cfg: DictConfig, run: RunData, scorer_for: Callable[[int], Callable]
+) -> tuple[MetricSums, dict[str, dict]]:
+    """Evaluate each client's users with ``scorer_for(client)``; the total and per-client means
+    in the federated summary's ``fairness.clients`` format."""
+    total, clients = MetricSums(), {}
+    for c, rows in enumerate(run.partitions):
+        sums = evaluate_scorer(scorer_for(c), run.split, rows, cfg.eval.split, cfg.eval.sampled_negatives,
+                               cfg.seed, tuple(cfg.eval.ks))  # fmt: skip
+        clients[str(c)] = {"users": int(len(rows)), **sums.means()}
+        total = total.merge(sums)
+    return total, clients
+
+
+def run_centralized(cfg: DictConfig, run: RunData, store: RunStore, kind: str = "centralized") -> dict:
+    """The federated model's architecture trained on all users at once for train.epochs."""
+    start = time.perf_counter()
+    learner = new_learner(cfg, run, np.arange(run.split.num_users), cfg.train.epochs)
+    epoch_seconds = train_learners(cfg, run, [learner], cfg.train.epochs, store)
+    total, clients = evaluate_by_client(cfg, run, lambda _c: model_scorer(learner.model, run.split.num_items))
+    save_adapter(learner.model.cpu(), adapter_config(cfg, run), store.dir / "adapter")
+    privacy = learner.privacy(cfg.privacy.accountant)
+    per_client = {"central": privacy} if privacy else {}
+    summary = _summary(cfg, run, kind, total, clients, per_client, time.perf_counter() - start, epoch_seconds)
+    summary["communication"] = {"adapter_bytes": num_bytes(get_weights(learner.model))}
     return summary
 
 
-def _summary(cfg, run, kind, sums, privacy, seconds, epoch_seconds) -> dict:
-    per_client = {"central": privacy} if privacy else {}
-    mechanism = "dp-sgd (central)" if privacy else "none"
-    return build_summary(kind, cfg, run, sums, per_client, mechanism, seconds, epoch_seconds, len(epoch_seconds))
+def run_sasrec_ids(cfg: DictConfig, run: RunData, store: RunStore) -> dict:
+    """SASRec on item ids: the same encoder and training, no item text."""
+    if cfg.model.name != "projection":
+        raise ValueError(f"baseline=sasrec_ids needs model=projection (got model={cfg.model.name})")
+    ids_cfg = cfg.copy()
+    with open_dict(ids_cfg):
+        ids_cfg.model.item_text = False
+        ids_cfg.model.item_ids = True
+    return run_centralized(ids_cfg, run, store, kind="sasrec_ids")
+
+
+def run_local(cfg: DictConfig, run: RunData, store: RunStore) -> dict:
+    """Each client alone: its own model, its own users, no federation."""
+    start = time.perf_counter()
+    epochs = cfg.strategy.num_rounds * cfg.strategy.local_epochs
+    learners = [new_learner(cfg, run, rows, epochs) for rows in run.partitions]
+    epoch_seconds = train_learners(cfg, run, learners, epochs, store)
+    total, clients = evaluate_by_client(cfg, run, lambda c: model_scorer(learners[c].model, run.split.num_items))
+    per_client = {}
+    for c, learner in enumerate(learners):
+        privacy = learner.privacy(cfg.privacy.accountant)
+        if privacy:
+            per_client[str(c)] = privacy
+    summary = _summary(cfg, run, "local", total, clients, per_client, time.perf_counter() - start, epoch_seconds)
+    summary["communication"] = {"adapter_bytes": 0}  # nothing leaves a client
+    return summary
+
+
+def _summary(cfg, run, kind, sums, clients, per_client, seconds, epoch_seconds) -> dict:
+    mechanism = "dp-sgd (central)" if kind != "local" else "dp-sgd per client, no federation"
+    summary = build_summary(kind, cfg, run, sums, per_client, mechanism if per_client else "none", seconds,
+                            epoch_seconds, len(epoch_seconds))  # fmt: skip
+    summary["fairness"] = {"clients": clients}
+    return summary

@@ -1,8 +1,8 @@
 """One run (or a Hydra sweep with -m): ``python -m simulations.run [overrides]``.
 
 A federated run goes through Flower's simulation engine with the same overrides that
-``flwr run . --run-config 'overrides="…"'`` takes; ``baseline=popularity|centralized`` runs a
-baseline in-process. Either way the run folder holds config.yaml, metrics.jsonl and, only if
+``flwr run . --run-config 'overrides="…"'`` takes; ``baseline=popularity|centralized|local|sasrec_ids``
+runs a baseline in-process. Either way the run folder holds config.yaml, metrics.jsonl and, only if
 the run completed, summary.json; the result table is printed at the end.
 """
 
@@ -27,10 +27,10 @@ from common.model.item_encoder import ModelPathError  # noqa: E402
 from common.privacy.accounting import PrivacyConfigError  # noqa: E402
 from common.run_store import RunStore  # noqa: E402
 from common.task import check_plans, load_run_data  # noqa: E402
+from simulations.baselines import BASELINES, run_baseline  # noqa: E402
 from simulations.table import format_table  # noqa: E402
 
 log = logging.getLogger("fedrec")
-BASELINES = ("popularity", "centralized")
 
 
 def app_overrides(task_overrides: list[str], output_dir: Path) -> str:
@@ -53,10 +53,7 @@ def execute(cfg: DictConfig, task_overrides: list[str], out: Path) -> dict:
     store.start(cfg)
     run = load_run_data(cfg)  # also encodes item text once, so clients find it cached
     if cfg.baseline is not None:
-        from simulations.baselines import run_centralized, run_popularity
-
-        baseline = run_popularity if cfg.baseline == "popularity" else run_centralized
-        summary = baseline(cfg, run, store)
+        summary = run_baseline(cfg, run, store)
     else:
         check_plans(cfg, run)
         from simulations.engine import run_flower_simulation

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 
 def _fmt(value, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+    width = "".join(c for c in spec.split(".")[0] if c.isdigit())
+    return format("-", f">{width}") if value is None else format(value, spec)
 
 
 def format_table(rows: list[tuple[str, dict]]) -> str:

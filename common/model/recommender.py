@@ -32,12 +32,17 @@ class FrozenText(nn.Module):
 
 
 class ItemAdapter(nn.Module):
-    """Trainable map from a frozen text embedding (+ optional item-id embedding) to item space."""
+    """Trainable map from a frozen text embedding (+ optional item-id embedding) to item space.
 
-    def __init__(self, text: nn.Module, dim: int, num_items: int, item_ids: bool) -> None:
+    ``text=None`` gives a classic id-only item embedding (SASRec), the context baseline for
+    the language-model approach."""
+
+    def __init__(self, text: nn.Module | None, dim: int, num_items: int, item_ids: bool) -> None:
         super().__init__()
+        if text is None and not item_ids:
+            raise ValueError("an item encoder needs item text, item ids, or both")
         self.text = text
-        self.proj = nn.Linear(text.dim, dim)
+        self.proj = nn.Linear(text.dim, dim) if text is not None else None
         self.norm = nn.LayerNorm(dim)
         # Ids let the model learn what text misses (DESIGN.md: text+ids measured best).
         self.id_emb = nn.Embedding(num_items, dim) if item_ids else None
@@ -45,6 +50,9 @@ class ItemAdapter(nn.Module):
             nn.init.normal_(self.id_emb.weight, std=0.02)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.proj is None:
+            # Normalised like the text path, so the scorer's 1/sqrt(dim) scale fits both.
+            return self.norm(self.id_emb(ids))
         v = self.norm(self.proj(self.text(ids)))
         if self.id_emb is not None:
             v = v + self.id_emb(ids)
@@ -114,7 +122,7 @@ class TextSeqRec(nn.Module):
 
     def __init__(
         self,
-        text: nn.Module,
+        text: nn.Module | None,
         num_items: int,
         dim: int = 64,
         max_len: int = 50,
