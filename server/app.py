@@ -18,6 +18,7 @@ from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 from common.config import compose
+from common.progress import RunProgress
 from common.run_store import RunStore, build_summary
 from common.distributed_dp import shares_needed
 from common.privacy.accounting import AccountantState
@@ -73,6 +74,7 @@ def main(grid: Grid, context: Context) -> None:
         min_evaluate_clients=min_fit,
         min_available_clients=n,
         initial_parameters=ndarrays_to_parameters(initial),
+        progress=RunProgress(s.num_rounds, "round", "federated"),
     )
     central = central_plan_for(cfg, run) if is_central(cfg) else None
     workflow_strategy = strategy
@@ -84,7 +86,10 @@ def main(grid: Grid, context: Context) -> None:
     legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=s.num_rounds), strategy=workflow_strategy)
     log.info("fedrec: %d clients, %d rounds, privacy=%s, secagg=%s", n, s.num_rounds,
              "dp" if cfg.privacy.enabled else "none", cfg.secagg.protocol)  # fmt: skip
-    DefaultWorkflow(fit_workflow=fit_workflow(cfg, run))(grid, legacy)
+    try:
+        DefaultWorkflow(fit_workflow=fit_workflow(cfg, run))(grid, legacy)
+    finally:
+        strategy.progress.close()
 
     set_weights(model, parameters_to_ndarrays(strategy.latest_parameters))
     save_adapter(model, adapter_config(cfg, run), store.dir / "adapter")

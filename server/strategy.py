@@ -18,6 +18,7 @@ from flwr.common import EvaluateIns, FitIns, ndarrays_to_parameters, parameters_
 from flwr.server.strategy import FedAvg
 
 from common.metrics.ranking import MetricSums
+from common.progress import RunProgress, round_status
 from common.run_store import RunStore
 from common.serialization import num_bytes
 
@@ -34,9 +35,11 @@ class RecommenderFedAvg(FedAvg):
         stop_on_failed_round: bool = False,
         server_optimizer=None,
         gradient_scale: float = 1.0,
+        progress: RunProgress | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        self.progress = progress or RunProgress(0)
         # Distributed noise: results are noisy gradient sums (weight 1 each); the server
         # steps its optimizer on sum × gradient_scale (1 / expected batch) instead of adding.
         self.server_optimizer = server_optimizer
@@ -167,16 +170,12 @@ class RecommenderFedAvg(FedAvg):
         self.round_seconds.append(seconds)
         self.rounds_completed = self._row["round"]
         self.store.append_metrics(self._row)
-        eps = self._row.get("epsilon_max")
-        log.info(
-            "round %d/%d  loss %.4f  %s%s  %.1fs",
-            self._row["round"],
-            self.num_rounds,
-            self._row.get("train_loss", float("nan")),
-            f"ndcg@10 {self._row['eval_ndcg@10']:.4f}  " if "eval_ndcg@10" in self._row else "",
-            f"eps {eps:.2f}" if eps is not None else "eps inf",
-            seconds,
-        )
+        row = self._row
+        status = round_status(row.get("clients_ok"), row.get("clients"), row.get("epsilon_max"), row.get("eval_ndcg@10"))
+        # One line per round (what CI and log files show); the bar is for terminals only.
+        log.info("round %d/%d  loss %.4f  %s  %.1fs", row["round"], self.num_rounds,
+                 row.get("train_loss", float("nan")), status, seconds)  # fmt: skip
+        self.progress.update(row["round"], status)
 
 
 def _raise_on_failures(stage: str, server_round: int, failures) -> None:

@@ -27,6 +27,7 @@ from common.device import resolve_device
 from common.evaluation import evaluate_scorer, model_scorer
 from common.metrics.ranking import MetricSums
 from common.privacy.accounting import AccountantState
+from common.progress import RunProgress, round_status
 from common.run_store import RunStore, build_summary
 from common.serialization import get_weights, num_bytes, save_adapter
 from common.task import (
@@ -120,21 +121,31 @@ def train_learners(cfg: DictConfig, run: RunData, learners: list[Learner], epoch
     """Train every learner one epoch at a time (lockstep, so metrics.jsonl has one row per
     epoch); returns seconds per epoch."""
     epoch_seconds = []
-    for epoch in range(1, epochs + 1):
-        t = time.perf_counter()
-        for i, learner in enumerate(learners):
-            train_epoch(cfg, run, learner, seed=cfg.seed * 100_003 + epoch * 1_009 + i)
-        users = sum(len(x.seqs) for x in learners)
-        row = {"round": epoch, "train_loss": sum(len(x.seqs) * x.loss for x in learners) / max(users, 1)}
-        eps = [p["epsilon"] for p in (x.privacy(cfg.privacy.accountant) for x in learners) if p]
-        if eps:
-            row["epsilon_max"] = max(eps)
-        epoch_seconds.append(time.perf_counter() - t)
-        row["seconds"] = epoch_seconds[-1]
-        store.append_metrics(row)
-        log.info("epoch %d/%d  loss %.4f  %s", epoch, epochs, row["train_loss"],
-                 f"eps {row['epsilon_max']:.2f}" if eps else "eps inf")  # fmt: skip
+    progress = RunProgress(epochs, "epoch", cfg.baseline)
+    try:
+        for epoch in range(1, epochs + 1):
+            epoch_seconds.append(_train_one_epoch(cfg, run, learners, epoch, epochs, store, progress))
+    finally:
+        progress.close()
     return epoch_seconds
+
+
+def _train_one_epoch(cfg, run, learners, epoch, epochs, store, progress) -> float:
+    """One epoch of every learner; one metrics row; seconds taken."""
+    t = time.perf_counter()
+    for i, learner in enumerate(learners):
+        train_epoch(cfg, run, learner, seed=cfg.seed * 100_003 + epoch * 1_009 + i)
+    users = sum(len(x.seqs) for x in learners)
+    row = {"round": epoch, "train_loss": sum(len(x.seqs) * x.loss for x in learners) / max(users, 1)}
+    eps = [p["epsilon"] for p in (x.privacy(cfg.privacy.accountant) for x in learners) if p]
+    if eps:
+        row["epsilon_max"] = max(eps)
+    row["seconds"] = time.perf_counter() - t
+    store.append_metrics(row)
+    status = round_status(None, None, row.get("epsilon_max"), None)
+    log.info("epoch %d/%d  loss %.4f  %s", epoch, epochs, row["train_loss"], status)
+    progress.update(epoch, status)
+    return row["seconds"]
 
 
 def evaluate_by_client(

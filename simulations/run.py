@@ -77,6 +77,26 @@ def _name(cfg: DictConfig) -> str:
     return cfg.baseline or ("federated DP" if cfg.privacy.enabled else "federated")
 
 
+def sweep_position(hc) -> str | None:
+    """"run i/M" inside a Hydra multirun (M from the sweep's command line), else None."""
+    from hydra.types import RunMode
+
+    if hc.mode != RunMode.MULTIRUN:
+        return None
+    total = None
+    try:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        args = [a for a in sys.argv[1:] if not a.startswith("-")]
+        total = 1
+        for o in OverridesParser.create().parse_overrides(args):
+            if o.is_sweep_override():
+                total *= len(list(o.sweep_string_iterator()))
+    except Exception:  # a sweep syntax we cannot count: show the index alone
+        total = None
+    return f"run {hc.job.num + 1}/{total}" if total else f"run {hc.job.num + 1}"
+
+
 def completed_summary(cfg: DictConfig, out: Path) -> dict | None:
     """The summary of a completed run in ``out`` whose resolved config equals ``cfg``."""
     store = RunStore(out)
@@ -91,6 +111,7 @@ def main(cfg: DictConfig) -> None:
     # Flower logs to its own console handler; through Hydra's root handler too, every line
     # would print twice, DEBUG included.
     logging.getLogger("flwr").propagate = False
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # Flower's state DB set-up chatter
     hc = HydraConfig.get()
     out = Path(cfg.output_dir or hc.runtime.output_dir).resolve()
     task = list(hc.overrides.task)
@@ -98,6 +119,9 @@ def main(cfg: DictConfig) -> None:
     cfg.output_dir = str(out)
     if cfg.dataset.path:
         cfg.dataset.path = str(Path(cfg.dataset.path).resolve())
+    position = sweep_position(hc)
+    if position:
+        print(f"fedrec: sweep {position}: {' '.join(task) or '(defaults)'} -> {out}", flush=True)
     done = completed_summary(cfg, out)
     if done is not None:
         # Re-running a sweep into the same folder skips what already finished.

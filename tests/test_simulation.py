@@ -62,6 +62,9 @@ def test_two_round_dp_simulation_writes_a_complete_run_folder(tmp_path):
     saved = OmegaConf.load(run / "config.yaml")
     assert saved == compose(app_overrides(SMALL, Path(saved.output_dir)))
     assert "NDCG@10" in proc.stdout and "federated DP" in proc.stdout
+    # No terminal: no progress bar, one log line per round instead.
+    log = proc.stdout + proc.stderr
+    assert "round 1/2" in log and "round 2/2" in log and "━" not in log
 
 
 @pytest.mark.slow
