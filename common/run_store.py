@@ -17,9 +17,10 @@ from omegaconf import DictConfig
 from common.config import to_yaml
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, text: str) -> None:
+    """Readers see the old file or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -50,7 +51,7 @@ class RunStore:
         (a stale summary.json would pass for this run's result)."""
         self.summary_path.unlink(missing_ok=True)
         (self.dir / "metrics.jsonl").unlink(missing_ok=True)
-        _atomic_write(self.dir / "config.yaml", to_yaml(cfg))
+        atomic_write(self.dir / "config.yaml", to_yaml(cfg))
 
     def append_metrics(self, row: dict) -> None:
         with open(self.dir / "metrics.jsonl", "a") as f:
@@ -63,7 +64,7 @@ class RunStore:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def write_summary(self, summary: dict) -> None:
-        _atomic_write(self.summary_path, json.dumps(_clean(summary), indent=2, sort_keys=True))
+        atomic_write(self.summary_path, json.dumps(_clean(summary), indent=2, sort_keys=True))
 
     def read_summary(self) -> dict:
         return json.loads(self.summary_path.read_text())

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from simulations import report  # light: matplotlib is imported only when a report is drawn
 from simulations.table import format_table
 
 
@@ -39,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("table", help="result table of one or more run folders")
     p.add_argument("run_dirs", nargs="+")
     p.set_defaults(func=_table)
+    p = sub.add_parser("report", help="comparison report (Markdown, HTML, CSV, plots) of every run under a folder")
+    report.add_arguments(p)
+    p.set_defaults(func=report.run_from_args)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -1,0 +1,223 @@
+"""fedrec report: run folders built here (no simulation), then the CSV, Markdown, HTML, plots."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import html
+import json
+import math
+from pathlib import Path
+
+import matplotlib.image
+import pytest
+import yaml
+
+from simulations import cli, report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PLOTS = ("utility_vs_epsilon", "metric_per_round", "per_client")
+
+BASE = {
+    "seed": 0, "baseline": None, "device": "auto", "output_dir": "/somewhere", "cache_dir": None,
+    "dataset": {"name": "synthetic", "path": None, "num_users": 600, "num_items": 400, "seed": 0},
+    "partition": {"scheme": "iid", "num_clients": 10},
+    "model": {"name": "projection", "dim": 64, "lm": {"path": None, "max_length": 64}},
+    "privacy": {"enabled": True, "epsilon": 8.0, "delta": None, "lr": 0.01, "max_grad_norm": 1.0,
+                "accountant": "rdp", "noise": "local"},
+    "secagg": {"enabled": False, "protocol": "none"},
+    "strategy": {"name": "fedavg", "num_rounds": 3, "local_epochs": 1, "evaluate_every": 1},
+    "train": {"lr": 0.001, "batch_size": 32, "epochs": 20},
+}  # fmt: skip
+PRIVACY_NONE = {"enabled": False, "epsilon": None, "delta": None, "lr": None, "max_grad_norm": None,
+                "accountant": "rdp", "noise": "none"}  # fmt: skip
+
+
+def ndcg_of(scheme: str, eps: float, seed: int) -> float:
+    """The made-up result of a federated run: better with more ε, iid better than dirichlet."""
+    base = 0.12 if scheme == "iid" else 0.09
+    return base - (0.04 / eps if math.isfinite(eps) else 0.0) + 0.006 * seed
+
+
+def write_run(folder: Path, config: dict, summary: dict | None, rows: list[dict]) -> None:
+    folder.mkdir(parents=True)
+    config = {**config, "output_dir": str(folder)}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=True))
+    if rows:
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    if summary is not None:
+        (folder / "summary.json").write_text(json.dumps(summary, indent=2))
+
+
+def federated(folder: Path, scheme: str, eps: float, seed: int) -> None:
+    config = copy.deepcopy(BASE)
+    config["seed"] = seed
+    config["partition"]["scheme"] = scheme
+    if scheme == "dirichlet":
+        config["partition"].update(alpha=0.5, num_clusters=10)
+    private = math.isfinite(eps)
+    if private:
+        config["privacy"]["epsilon"] = eps
+    else:
+        config["privacy"] = dict(PRIVACY_NONE)
+    ndcg = ndcg_of(scheme, eps, seed)
+    spent = eps * 0.999 if private else None
+    rows = [{"round": r, "train_loss": 4.5 - 0.1 * r, "epsilon_max": spent and spent * r / 3, "seconds": 2.0,
+             "bytes_up_per_client": 1000 * r, "bytes_down_per_client": 2000, "clients": 10, "clients_ok": 10,
+             "eval_ndcg@10": ndcg - 0.01 * (3 - r)} for r in (1, 2, 3)]  # fmt: skip
+    clients = {str(c): {"users": 60, "ndcg@10": ndcg + 0.01 * (c - 4.5), "hr@10": 0.2} for c in range(10)}
+    summary = {
+        "kind": "federated",
+        "metrics": {"full": {"ndcg@10": ndcg, "hr@10": 2 * ndcg, "mrr": ndcg * 0.9}, "sampled": {"ndcg@10": 0.3}},
+        "eval_users": 600,
+        "privacy": {"enabled": private, "epsilon_max": spent, "delta": 1e-4 if private else None,
+                    "mechanism": "dp-sgd per client (local noise)" if private else "none", "per_client": {}},
+        "timing": {"seconds_total": 6.5, "seconds_per_round": 2.0, "rounds": 3},
+        "communication": {"adapter_bytes": 247872},
+        "fairness": {"clients": clients},
+        "data": {"dataset": "synthetic", "users": 600, "items": 400, "clients": 10},
+    }  # fmt: skip
+    write_run(folder, config, summary, rows)
+
+
+def popularity(folder: Path) -> None:
+    config = {**copy.deepcopy(BASE), "baseline": "popularity"}  # privacy block still says dp, as real runs do
+    summary = {
+        "kind": "popularity", "metrics": {"full": {"ndcg@10": 0.038, "hr@10": 0.08, "mrr": 0.042}, "sampled": {}},
+        "eval_users": 600, "privacy": {"enabled": False, "epsilon_max": None, "delta": None, "mechanism": "none"},
+        "timing": {"seconds_total": 0.03, "seconds_per_round": None, "rounds": 0}, "fairness": {},
+        "data": {"dataset": "synthetic", "users": 600, "items": 400, "clients": 10},
+    }  # fmt: skip
+    write_run(folder, config, summary, [{"round": 0, "eval_ndcg@10": 0.038}])
+
+
+EXPECTED = {}  # run folder -> (scheme, eps, seed)
+
+
+def make_sweep(root: Path) -> None:
+    for scheme in ("iid", "dirichlet"):
+        for eps in (1.0, 4.0, math.inf):
+            for seed in (0, 1) if scheme == "iid" else (0,):
+                name = f"sweep/{scheme}-{eps:g}-s{seed}"
+                EXPECTED[name] = (scheme, eps, seed)
+                federated(root / name, scheme, eps, seed)
+    popularity(root / "pop")
+    crashed = copy.deepcopy(BASE)
+    crashed["privacy"]["epsilon"] = 2.0
+    write_run(root / "sweep" / "crashed", crashed, None, [{"round": 1, "train_loss": 4.4}, ])
+    (root / "sweep" / "crashed" / "metrics.jsonl").open("a").write('{"round": 2, "train_lo')  # cut mid-line
+    # Hydra's own copy of the config is not a run.
+    (root / "pop" / ".hydra").mkdir()
+    (root / "pop" / ".hydra" / "config.yaml").write_text("seed: 0\n")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    make_sweep(root)
+    assert report.main([str(root)]) == 0
+    rows = list(csv.DictReader((root / "results.csv").open()))
+    return root, {r["run"]: r for r in rows}
+
+
+def test_results_csv_has_one_row_per_run_with_its_values(built):
+    root, rows = built
+    assert set(rows) == {*EXPECTED, "pop", "sweep/crashed"}
+    for name, (scheme, eps, seed) in EXPECTED.items():
+        row = rows[name]
+        assert row["status"] == "complete" and row["kind"] == "federated" and row["seed"] == str(seed)
+        assert float(row["ndcg@10"]) == pytest.approx(ndcg_of(scheme, eps, seed))
+        assert row["epsilon"] == "inf" if math.isinf(eps) else float(row["epsilon"]) == pytest.approx(eps * 0.999)
+        assert float(row["bytes_up_per_client_per_round"]) == pytest.approx(2000)  # mean of 1000, 2000, 3000
+        assert float(row["client_ndcg@10_min"]) == pytest.approx(ndcg_of(scheme, eps, seed) - 0.045)
+    assert rows["pop"]["epsilon"] == "inf"
+    assert rows["pop"]["label"] == "popularity partition.scheme=iid seed=0"  # no privacy.* keys: unused
+    assert rows["sweep/crashed"]["status"] == "incomplete" and rows["sweep/crashed"]["ndcg@10"] == ""
+    assert rows["sweep/crashed"]["rounds"] == "1"  # the cut second line is skipped
+
+
+def test_labels_name_only_the_keys_that_differ(built):
+    _, rows = built
+    label = rows["sweep/dirichlet-4-s0"]["label"]
+    assert label == "federated privacy.epsilon=4 partition.scheme=dirichlet seed=0"
+    assert rows["sweep/iid-inf-s1"]["label"] == "federated privacy=none partition.scheme=iid seed=1"
+    # The privacy budget and the seed are not part of the setting: ε = 1, 4, ∞ form one curve.
+    assert {rows[n]["setting"] for n in EXPECTED if n.startswith("sweep/iid")} == {"federated partition.scheme=iid"}
+    assert all("output_dir" not in r["label"] and "alpha" not in r["label"] for r in rows.values())
+
+
+def test_seeds_of_one_setting_are_averaged(built):
+    root, _ = built
+    runs = report.find_runs(root)
+    report.assign_labels(runs)
+    groups = {g.name: g for g in report.group_runs(runs, "ndcg@10")}
+    iid4 = groups["federated privacy.epsilon=4 partition.scheme=iid"]
+    mean = (ndcg_of("iid", 4.0, 0) + ndcg_of("iid", 4.0, 1)) / 2
+    assert len(iid4.values) == 2 and iid4.mean == pytest.approx(mean)
+    assert iid4.epsilon == pytest.approx(4 * 0.999)
+    assert groups["federated privacy=none partition.scheme=iid"].epsilon == math.inf
+    assert len(groups["federated privacy.epsilon=4 partition.scheme=dirichlet"].values) == 1
+    assert f"{mean:.4f}" in (root / "report.md").read_text()
+
+
+def test_markdown_and_html_mention_every_run_and_embed_the_plots(built):
+    root, rows = built
+    md, page = (root / "report.md").read_text(), (root / "report.html").read_text()
+    for row in rows.values():
+        assert row["label"] in md
+        assert html.escape(row["label"]) in page
+    for name in PLOTS:
+        assert f"](plots/{name}.png)" in md
+        assert f'<img src="plots/{name}.png"' in page
+    assert "<script" not in page and "http" not in page  # standalone: no JS, no remote resources
+    incomplete = md.split("## Incomplete runs")[1].split("##")[0]
+    assert "sweep/crashed" in incomplete and "incomplete" in incomplete
+    # Rows sorted by setting, then ε with ∞ last.
+    order = [line.split(" | ")[0].lstrip("| ") for line in md.splitlines() if line.startswith("| federated")]
+    assert order[:5] == [
+        "federated privacy.epsilon=1 partition.scheme=dirichlet seed=0",
+        "federated privacy.epsilon=4 partition.scheme=dirichlet seed=0",
+        "federated privacy=none partition.scheme=dirichlet seed=0",
+        "federated privacy.epsilon=1 partition.scheme=iid seed=0",
+        "federated privacy.epsilon=1 partition.scheme=iid seed=1",
+    ]
+
+
+def test_plots_are_valid_pngs(built):
+    root, _ = built
+    for name in PLOTS:
+        path = root / "plots" / f"{name}.png"
+        assert path.read_bytes()[:8] == PNG_SIGNATURE
+        image = matplotlib.image.imread(path)
+        assert image.shape[0] > 200 and image.shape[1] > 400
+    assert not list(root.rglob(".*.tmp"))  # atomic writes leave no temp file
+
+
+def test_empty_dir_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert report.main([str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(tmp_path / "empty") in err
+    assert not (tmp_path / "empty" / "report.md").exists()
+
+
+def test_fedrec_report_cli_writes_to_out(tmp_path, capsys):
+    popularity(tmp_path / "runs" / "pop")
+    federated(tmp_path / "runs" / "fed", "iid", math.inf, 0)
+    assert cli.main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--metric", "hr@10"]) == 0
+    out = capsys.readouterr().out
+    assert "2 runs: 2 complete, 0 incomplete" in out and str(tmp_path / "out" / "report.html") in out
+    for name in ("report.md", "report.html", "results.csv", "plots/per_client.png", "plots/metric_per_round.png"):
+        assert (tmp_path / "out" / name).is_file()
+    # No DP run: the privacy-utility plot is skipped and the report says why.
+    assert not (tmp_path / "out" / "plots" / "utility_vs_epsilon.png").exists()
+    assert "utility_vs_epsilon.png not drawn: no run spent a finite ε" in (tmp_path / "out" / "report.md").read_text()
+    assert not (tmp_path / "runs" / "report.md").exists()
+
+
+def test_old_or_partial_summaries_give_dashes(tmp_path, capsys):
+    write_run(tmp_path / "old", BASE, {"kind": "federated", "metrics": {"full": {"ndcg@10": None}}}, [])
+    assert report.main([str(tmp_path)]) == 0
+    row = next(csv.DictReader((tmp_path / "results.csv").open()))
+    assert row["status"] == "complete" and row["ndcg@10"] == "" and row["epsilon"] == ""
+    assert "per_client.png not drawn" in (tmp_path / "report.md").read_text()
