@@ -26,7 +26,7 @@ def _table(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from simulations import run
 
-    sys.argv = ["simulations.run", *args.overrides]
+    sys.argv = ["simulations.run", *(["--multirun"] if args.multirun else []), *args.overrides]
     run.main()
     return 0
 
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fedrec", description="Federated, private recommendation.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="one simulation or baseline: fedrec run [hydra overrides]")
+    p.add_argument("-m", "--multirun", action="store_true", help="a sweep: privacy.epsilon=1,4,8,inf runs four")
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. privacy.epsilon=4")
     p.set_defaults(func=_run)
     p = sub.add_parser("table", help="result table of one or more run folders")

@@ -21,7 +21,7 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from common.config import resolved, to_yaml  # noqa: E402
+from common.config import CONF_DIR, resolved, to_yaml  # noqa: E402
 from common.data.types import DataError  # noqa: E402
 from common.model.item_encoder import ModelPathError  # noqa: E402
 from common.privacy.accounting import PrivacyConfigError  # noqa: E402
@@ -106,7 +106,8 @@ def completed_summary(cfg: DictConfig, out: Path) -> dict | None:
     return None
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+# An absolute path: a relative one resolves against the caller, which breaks the `fedrec` script.
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     # Flower logs to its own console handler; through Hydra's root handler too, every line
     # would print twice, DEBUG included.
