@@ -1,7 +1,9 @@
 """fedrec ClientApp: local DP-SGD training of the shared adapter and local evaluation.
 
-Thin wiring; the logic lives in ``common/``. The client's privacy accountant lives in its
-Flower ``context.state`` so it persists across rounds and is never reset.
+Thin wiring; the logic lives in ``common/``. The client's privacy ledger (every round's
+steps, noise and ε) lives in its Flower ``context.state``, or on disk when a state directory
+is given, so ε persists across rounds and restarts and is never reset; a client whose next
+round would exceed ``privacy.budget_epsilon`` refuses to train.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from common.config import compose
 from common.device import resolve_device
 from common.distributed_dp import check_protocol, noisy_gradient_sum
 from common.evaluation import evaluate_users
-from common.privacy.accounting import AccountantState
+from common.privacy.ledger import (REFUSED, TRAINED, LedgerRow, PrivacyLedger, budget_of, cross_checked, epsilon_after,
+                                   ledger_path, within_budget)  # fmt: skip
 from common.secure_aggregation import clip_update, dropout_clients, update
 from common.serialization import get_weights, set_weights
 from common.task import (
@@ -42,7 +45,7 @@ from common.task import (
 from common.training import train_local, trainable_sequences
 
 log = logging.getLogger("fedrec")
-ACCOUNTANT_KEY = "dp_accountant"
+LEDGER_KEY = "dp_ledger"
 PLAN_KEY = "dp_plan"
 
 
@@ -62,6 +65,7 @@ class RecommenderClient(NumPyClient):
             )
         self.rows = self.run.partitions[self.client_id]
         self.state = context.state
+        self.ledger_path = ledger_path(self.cfg, context.node_config, self.client_id)
         self.device = resolve_device(self.cfg.device)
 
     def _model(self, parameters: list[np.ndarray]):
@@ -69,9 +73,28 @@ class RecommenderClient(NumPyClient):
         set_weights(model, parameters)
         return model.to(self.device)
 
-    def _accountant(self) -> AccountantState:
-        record = self.state.config_records.get(ACCOUNTANT_KEY)
-        return AccountantState.from_dict(dict(record)) if record is not None else AccountantState()
+    def _ledger(self) -> PrivacyLedger:
+        record = self.state.config_records.get(LEDGER_KEY)
+        return PrivacyLedger.open(self.ledger_path, str(record["rows"]) if record is not None else None)
+
+    def _record(self, ledger: PrivacyLedger, server_round: int, status: str, steps: int, noise: float,
+                q: float, delta: float) -> dict:
+        """Append this round to the ledger (ε by both accountants) and return the fit metrics
+        that report it."""
+        state = ledger.accountant().add(noise, q, steps)  # the rows so far plus this round
+        accountant = self.cfg.privacy.accountant
+        eps, check, check_name, agree = cross_checked(state, delta, accountant)
+        budget = budget_of(self.cfg.privacy) if not is_distributed(self.cfg) else None
+        row = ledger.append(LedgerRow(server_round, status, steps, state.steps, q, noise, eps, check, accountant,
+                                      check_name, agree, delta, budget))  # fmt: skip
+        if ledger.path is None:
+            self.state.config_records[LEDGER_KEY] = ConfigRecord({"rows": ledger.to_json()})
+        if not agree:
+            log.warning("client %d: accountants disagree: %s ε=%.4f, %s ε=%.4f", self.client_id,
+                        accountant, eps, check_name, check)  # fmt: skip
+        metrics = {k: v for k, v in row.items() if v is not None and k not in ("round", "status", "steps")}
+        metrics["ledger_status"] = status
+        return metrics
 
     def _plan(self) -> ClientPlan:
         """The DP plan, computed at the first round and kept in the client's state: the noise
@@ -90,11 +113,23 @@ class RecommenderClient(NumPyClient):
         seqs = trainable_sequences(training_sequences(self.run.split, self.rows))
         seed = self.cfg.seed * 100_003 + server_round * 1_009 + self.client_id
         if is_distributed(self.cfg):
-            return self._fit_distributed(model, seqs, seed, start)
+            return self._fit_distributed(model, seqs, seed, start, server_round)
         dp = None
         metrics: dict = {"client_id": self.client_id, "num_users": len(seqs)}
         if self.cfg.privacy.enabled and not is_central(self.cfg):
             plan = self._plan()
+            ledger = self._ledger()
+            budget = budget_of(self.cfg.privacy)
+            after = epsilon_after(ledger.accountant(), plan.dp.noise_multiplier, plan.sample_rate,
+                                  plan.steps_per_round, plan.delta, self.cfg.privacy.accountant)  # fmt: skip
+            if not within_budget(after, budget):
+                log.warning("client %d: refusing round %d: it would bring ε to %.3f, over privacy.budget_epsilon=%s",
+                            self.client_id, server_round, after, budget)  # fmt: skip
+                metrics.update(self._record(ledger, server_round, REFUSED, 0, plan.dp.noise_multiplier,
+                                            plan.sample_rate, plan.delta))  # fmt: skip
+                # Weight 0 and no change: the round's aggregate goes on without this client.
+                metrics.update(budget_refused=True, train_loss=float("nan"), steps=0)
+                return [np.zeros_like(p) for p in parameters], 0, metrics
             dp = plan.dp
             if self.cfg.privacy.seeded_noise:
                 dp = replace(dp, noise_seed=seed)
@@ -111,21 +146,14 @@ class RecommenderClient(NumPyClient):
             weight_decay=self.cfg.train.weight_decay,
         )
         if dp is not None:
-            accountant = self._accountant()
             # Record what Opacus' own accountant saw, after checking it is the planned mechanism.
             for noise, q, _ in result["history"]:
                 if abs(noise - plan.dp.noise_multiplier) > 1e-12 or abs(q - plan.sample_rate) > 1e-12:
                     raise RuntimeError(f"client {self.client_id}: trained with σ={noise}, q={q}, "
                                        f"planned σ={plan.dp.noise_multiplier}, q={plan.sample_rate}")  # fmt: skip
-            accountant.extend(result["history"])
-            self.state.config_records[ACCOUNTANT_KEY] = ConfigRecord(accountant.to_dict())
-            metrics.update(
-                epsilon=accountant.epsilon(plan.delta, self.cfg.privacy.accountant),
-                delta=plan.delta,
-                noise_multiplier=plan.dp.noise_multiplier,
-                sample_rate=plan.sample_rate,
-                steps_total=accountant.steps,
-            )
+            steps = sum(s for _, _, s in result["history"])
+            metrics.update(self._record(ledger, server_round, TRAINED, steps, plan.dp.noise_multiplier,
+                                        plan.sample_rate, plan.delta))  # fmt: skip
         delta = update(get_weights(model), parameters)
         if is_central(self.cfg):
             # DP-FedAvg: the server's DP wrapper sends the clip norm; equal weights keep one
@@ -142,7 +170,7 @@ class RecommenderClient(NumPyClient):
         metrics.update(train_loss=result["loss"], steps=result["steps"], fit_seconds=time.perf_counter() - start)
         return delta, len(seqs), metrics
 
-    def _fit_distributed(self, model, seqs, seed: int, start: float):
+    def _fit_distributed(self, model, seqs, seed: int, start: float, server_round: int):
         """One pooled DP-SGD step: this client's noisy sum of clipped user gradients, sent
         with weight 1 so that the secure mean times the survivors is the sum."""
         plan = pooled_plan(self.cfg, self.run)
@@ -150,22 +178,17 @@ class RecommenderClient(NumPyClient):
             model, seqs, self.run.data.num_items, self.cfg.model.num_negatives, plan,
             seed=seed if self.cfg.privacy.seeded_noise else None,
         )  # fmt: skip
-        accountant = self._accountant()
-        accountant.add(plan.noise_multiplier, plan.sample_rate, 1)
-        self.state.config_records[ACCOUNTANT_KEY] = ConfigRecord(accountant.to_dict())
+        # Every client records the pooled mechanism's step: its users are protected by it.
+        ledger_metrics = self._record(self._ledger(), server_round, TRAINED, 1, plan.noise_multiplier,
+                                      plan.sample_rate, plan.delta)  # fmt: skip
         limit = self.cfg.secagg.clipping_range
         clamped = int(sum((np.abs(g) > limit).sum() for g in grad_sum))
         if clamped:  # logged here, never sent: it depends on this client's lightly-noised sum
             log.warning("client %d: %d values beyond secagg.clipping_range will be clamped", self.client_id, clamped)
         # Only what the pooled mechanism covers or the plan fixes goes back in clear: not the
         # batch size or timings, which would reveal the Poisson sample.
-        metrics = {
-            "client_id": self.client_id, "num_users": len(seqs),
-            "epsilon": accountant.epsilon(plan.delta, self.cfg.privacy.accountant),
-            "delta": plan.delta, "noise_multiplier": plan.noise_multiplier,
-            "sample_rate": plan.sample_rate, "steps_total": accountant.steps, "train_loss": float("nan"),
-            "steps": 1,
-        }  # fmt: skip
+        metrics = {"client_id": self.client_id, "num_users": len(seqs), **ledger_metrics,
+                   "train_loss": float("nan"), "steps": 1}  # fmt: skip
         return grad_sum, 1, metrics
 
     def evaluate(self, parameters, config):

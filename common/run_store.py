@@ -51,10 +51,16 @@ class RunStore:
         (a stale summary.json would pass for this run's result)."""
         self.summary_path.unlink(missing_ok=True)
         (self.dir / "metrics.jsonl").unlink(missing_ok=True)
+        (self.dir / "privacy_ledger.jsonl").unlink(missing_ok=True)
         atomic_write(self.dir / "config.yaml", to_yaml(cfg))
 
     def append_metrics(self, row: dict) -> None:
         with open(self.dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(_clean(row), sort_keys=True) + "\n")
+
+    def append_ledger(self, row: dict) -> None:
+        """One client's privacy-ledger row for one round, as the server received it."""
+        with open(self.dir / "privacy_ledger.jsonl", "a") as f:
             f.write(json.dumps(_clean(row), sort_keys=True) + "\n")
 
     def read_metrics(self) -> list[dict]:

@@ -87,7 +87,14 @@ class RecommenderFedAvg(FedAvg):
             self._row["clients_dropped"] = dropped
         else:
             _raise_on_failures("train", server_round, failures)
-        mean_update, _ = super().aggregate_fit(server_round, results, [])
+        refused = [r for _, r in results if r.metrics.get("budget_refused")]
+        for r in refused:
+            log.warning("round %d: client %s refused to train: its privacy budget ε=%s is spent (ε so far %.3f)",
+                        server_round, r.metrics["client_id"], r.metrics.get("budget_epsilon"), r.metrics["epsilon"])  # fmt: skip
+        trained = [(c, r) for c, r in results if not r.metrics.get("budget_refused")]
+        mean_update = None
+        if trained:
+            mean_update, _ = super().aggregate_fit(server_round, trained, [])
         if mean_update is not None:
             mean = parameters_to_ndarrays(mean_update)
             if self.server_optimizer is not None:
@@ -99,28 +106,37 @@ class RecommenderFedAvg(FedAvg):
                 new = [(w + d).astype(w.dtype) for w, d in zip(old, mean)]
             self.latest_parameters = ndarrays_to_parameters(new)
         parameters = self.latest_parameters
-        users = sum(r.num_examples for _, r in results)
-        loss = sum(r.num_examples * float(r.metrics["train_loss"]) for _, r in results) / max(users, 1)
+        users = sum(r.num_examples for _, r in trained)
+        loss = sum(r.num_examples * float(r.metrics["train_loss"]) for _, r in trained) / max(users, 1)
         eps = {}
         for _, r in results:
             m = r.metrics
             cid = int(m["client_id"])
+            if "ledger_status" in m:
+                self.store.append_ledger({"client_id": cid, "round": server_round, "status": m["ledger_status"],
+                                          "steps": int(m.get("steps", 0)), **_ledger_fields(m)})  # fmt: skip
             if "epsilon" in m:
                 eps[cid] = float(m["epsilon"])
-                self.client_privacy[cid] = {
+                entry = self.client_privacy.setdefault(cid, {"refused_rounds": 0})
+                entry.update({
                     "epsilon": float(m["epsilon"]),
                     "delta": float(m["delta"]),
                     "noise_multiplier": float(m["noise_multiplier"]),
                     "sample_rate": float(m["sample_rate"]),
                     "steps": int(m["steps_total"]),
                     "users": int(m["num_users"]),
-                }
+                    **{k: v for k, v in _ledger_fields(m).items() if k not in ("steps_total", "delta")},
+                })  # fmt: skip
+                if m.get("budget_refused"):
+                    entry["refused_rounds"] += 1
+                entry["budget_status"] = "exhausted" if entry["refused_rounds"] else "within"
         # Under SecAgg+ every result holds the aggregate, not what the client sent: measure
         # uploads there with simulation.measure_bytes instead.
         up = [] if self.tolerate_dropouts else [num_bytes(parameters_to_ndarrays(r.parameters)) for _, r in results]
         self._row.update(
-            train_loss=loss,
+            train_loss=loss if trained else None,
             clients_ok=len(results),
+            clients_refused=len(refused),
             clients_failed=len(failures),
             epsilon_max=max(eps.values()) if eps else None,
             epsilon_per_client={str(k): v for k, v in sorted(eps.items())},
@@ -173,9 +189,17 @@ class RecommenderFedAvg(FedAvg):
         row = self._row
         status = round_status(row.get("clients_ok"), row.get("clients"), row.get("epsilon_max"), row.get("eval_ndcg@10"))
         # One line per round (what CI and log files show); the bar is for terminals only.
+        loss = row.get("train_loss")
         log.info("round %d/%d  loss %.4f  %s  %.1fs", row["round"], self.num_rounds,
-                 row.get("train_loss", float("nan")), status, seconds)  # fmt: skip
+                 float("nan") if loss is None else loss, status, seconds)  # fmt: skip
         self.progress.update(row["round"], status)
+
+
+def _ledger_fields(m) -> dict:
+    """The ledger row a client reported in its fit metrics."""
+    keys = ("steps_total", "sample_rate", "noise_multiplier", "epsilon", "epsilon_check", "accountant",
+            "check_accountant", "agree", "delta", "budget_epsilon")  # fmt: skip
+    return {k: m[k] for k in keys if k in m}
 
 
 def _raise_on_failures(stage: str, server_round: int, failures) -> None:

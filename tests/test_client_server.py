@@ -6,9 +6,10 @@ import json
 import pytest
 from flwr.app import Context, RecordDict
 
-from client.app import ACCOUNTANT_KEY, PLAN_KEY, RecommenderClient
+from client.app import LEDGER_KEY, PLAN_KEY, RecommenderClient
 from common.config import compose
-from common.privacy.accounting import AccountantState, independent_epsilon
+from common.privacy.accounting import independent_epsilon
+from common.privacy.ledger import PrivacyLedger
 from common.run_store import RunStore
 from common.serialization import get_weights
 from common.task import build_model, federated_plan, load_run_data
@@ -38,8 +39,10 @@ def test_accountant_persists_in_client_state_and_is_never_reset(setup):
         # Flower builds a new client object every round; only the context carries over.
         _, n, metrics = RecommenderClient(context).fit(weights, {"server_round": rnd})
         eps.append(metrics["epsilon"])
-        state = AccountantState.from_dict(dict(context.state.config_records[ACCOUNTANT_KEY]))
-        assert state.steps == rnd * plan.steps_per_round == metrics["steps_total"]
+        ledger = PrivacyLedger.open(None, str(context.state.config_records[LEDGER_KEY]["rows"]))
+        assert [r["round"] for r in ledger.rows] == list(range(1, rnd + 1))
+        assert ledger.accountant().steps == rnd * plan.steps_per_round == metrics["steps_total"]
+        assert ledger.rows[-1]["epsilon"] == metrics["epsilon"] and ledger.rows[-1]["agree"]
     assert eps[0] < eps[1] < eps[2]
     assert dict(context.state.config_records[PLAN_KEY])["noise_multiplier"] == plan.dp.noise_multiplier
     # The whole plan spends the target, and Google's accountant agrees within 1 %.
