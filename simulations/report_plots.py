@@ -82,7 +82,7 @@ def utility_vs_epsilon(runs: list[Run], groups: list[Group], metric: str, path: 
     ax.set_xlim(lo / 2, x_inf * 1.6)
     gap = math.sqrt(hi * x_inf)
     ax.axvline(gap, color="0.8", linewidth=1)
-    distinct = sorted({float(f"{e:.2g}") for e in finite})
+    distinct = _tick_values(finite)
     # Few ε values (a sweep over 1,4,8): tick exactly those; many: a 1-2-5 series.
     series = [t * 10.0**e for e in range(-3, 5) for t in (1, 2, 5)]
     ticks = distinct if len(distinct) <= 8 else [t for t in series if lo <= t <= hi]
@@ -168,3 +168,15 @@ def per_client(runs: list[Run], groups: list[Group], metric: str, path: Path) ->
     fig.tight_layout()
     _save(fig, path)
     return None
+
+
+def _tick_values(values: list[float]) -> list[float]:
+    """Distinct ε ticks: values within 5 % of each other (0.99 and 1.0 from one sweep point)
+    share one tick, labelled with the shortest of them."""
+    ticks: list[list[float]] = []
+    for v in sorted(float(f"{e:.2g}") for e in values):
+        if ticks and v <= ticks[-1][0] * 1.05:
+            ticks[-1].append(v)
+        else:
+            ticks.append([v])
+    return [min(cluster, key=lambda t: (len(f"{t:g}"), t)) for cluster in ticks]
