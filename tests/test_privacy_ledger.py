@@ -192,3 +192,10 @@ def test_a_killed_run_restarts_from_the_ledger_and_never_resets_epsilon(tmp_path
         assert entry["budget_status"] == "exhausted"
         history = [(rows[0]["noise_multiplier"], rows[0]["sample_rate"], rows[-1]["steps_total"])]
         assert eps[-1] == pytest.approx(independent_epsilon(history, rows[0]["delta"], "rdp"), rel=0.01)
+
+
+def test_an_infinite_epsilon_never_agrees_with_a_finite_one():
+    from common.privacy.ledger import accountants_agree
+
+    assert not accountants_agree(1.0, float("inf")) and not accountants_agree(float("inf"), 1.0)
+    assert accountants_agree(float("inf"), float("inf"))

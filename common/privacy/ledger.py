@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from common.privacy.accounting import AccountantState, PrivacyConfigError, independent_epsilon
+from common.run_store import atomic_write
 
 AGREEMENT = 0.01  # relative difference two accountants may show for the same mechanism
 # Below this absolute difference the two do not disagree: Opacus' PRV reports the upper end
@@ -86,9 +87,7 @@ class PrivacyLedger:
         self.rows.append(entry)
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rows))
-            tmp.replace(self.path)
+            atomic_write(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rows))
         return entry
 
 
@@ -97,8 +96,17 @@ def cross_checked(state: AccountantState, delta: float, accountant: str) -> tupl
     eps = state.epsilon(delta, accountant)
     method = CHECKS[accountant]
     check = independent_epsilon(state, delta, method)
-    agree = eps == check or (math.isfinite(eps) and abs(eps - check) <= max(AGREEMENT * max(eps, check), RESOLUTION))
-    return eps, check, f"dp-accounting {method}", agree
+    return eps, check, f"dp-accounting {method}", accountants_agree(eps, check)
+
+
+def accountants_agree(eps: float, check: float) -> bool:
+    """Whether two accountants' ε for the same mechanism agree: within ``AGREEMENT`` (1 %)
+    relative, or ``RESOLUTION`` (0.02) absolute."""
+    if eps == check:
+        return True
+    if not (math.isfinite(eps) and math.isfinite(check)):
+        return False  # one says "no guarantee", the other gives one
+    return abs(eps - check) <= max(AGREEMENT * max(eps, check), RESOLUTION)
 
 
 def epsilon_after(state: AccountantState, noise: float, q: float, steps: int, delta: float, accountant: str) -> float:
