@@ -21,6 +21,7 @@ from common.data.types import InteractionData, LeaveOneOutSplit
 from common.model.item_encoder import encode_texts
 from common.model.recommender import FrozenText, TextSeqRec
 from common.privacy.accounting import PrivacyConfigError, check_delta, noise_multiplier_for_plan
+from common.privacy.audit import AuditInfo, audit_active, inject_audit
 from common.secure_aggregation import check_secagg
 from common.training import DPSettings, sample_rate, steps_per_epoch, trainable_sequences
 
@@ -33,6 +34,7 @@ class RunData:
     split: LeaveOneOutSplit
     partitions: list[np.ndarray]  # split-row indices per client
     item_text: np.ndarray  # [num_items, text_dim] frozen LM embeddings
+    audit: AuditInfo | None = None  # canaries and held-out users when cfg.audit is active
 
     @property
     def num_clients(self) -> int:
@@ -41,6 +43,8 @@ class RunData:
 
 def _data_key(cfg: DictConfig) -> str:
     part = {k: cfg.get(k) for k in ("dataset", "partition", "seed")}
+    if audit_active(cfg.get("audit")):  # canaries and held-out users change the data
+        part["audit"] = cfg.audit
     part["model"] = {"name": cfg.model.name, "lm": cfg.model.lm}
     part["cache_dir"] = cfg.get("cache_dir")
     return json.dumps(OmegaConf.to_container(OmegaConf.create(part), resolve=True), sort_keys=True)
@@ -70,13 +74,18 @@ def _load_run_data(key: str) -> RunData:
         alpha=p.get("alpha", 0.5),
         num_clusters=p.get("num_clusters", 10),
     )
+    audit = None
+    if audit_active(cfg.get("audit")):
+        a = cfg.audit
+        data, split, partitions, audit = inject_audit(data, split, partitions, int(a.canaries), int(a.canary_length),
+                                                      float(a.holdout), int(a.seed), p.scheme == "cross_device")  # fmt: skip
     lm = cfg.model.lm
     text = encode_texts(data.item_text, lm.path, lm.max_length, lm.batch_size, cfg.get("cache_dir"))
     log.info(
         "data %s: %d users (%d dropped with < 3 interactions), %d items, %d clients",
         data.name, split.num_users, split.stats.get("users_dropped", 0), data.num_items, len(partitions),
     )  # fmt: skip
-    return RunData(data, split, partitions, text)
+    return RunData(data, split, partitions, text, audit)
 
 
 def build_model(cfg: DictConfig, run: RunData) -> TextSeqRec:

@@ -44,8 +44,21 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("report", help="comparison report (Markdown, HTML, CSV, plots) of every run under a folder")
     report.add_arguments(p)
     p.set_defaults(func=report.run_from_args)
+    p = sub.add_parser("audit", help="empirical privacy audit of a run, and its signed report")
+    audit_sub = p.add_subparsers(dest="audit_command", required=True)
+    _add_audit_commands(audit_sub)
     args = parser.parse_args(argv)
     return args.func(args)
+
+
+def _add_audit_commands(audit_sub) -> None:
+    # Imported on use of `fedrec audit` only: the audit pulls in torch and the whole harness.
+    from simulations import audit, audit_report
+
+    p = audit_sub.add_parser("run", help="canaries + membership inference on a re-run of RUN_DIR's config")
+    audit.add_run_arguments(p)
+    p.set_defaults(func=audit.run_from_args)
+    audit_report.add_arguments(audit_sub)
 
 
 if __name__ == "__main__":
