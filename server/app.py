@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from common.config import compose
 from common.progress import RunProgress
 from common.run_store import RunStore, build_summary
 from common.distributed_dp import shares_needed
-from common.privacy.accounting import AccountantState
+from common.privacy.ledger import central_row
 from common.serialization import get_weights, num_bytes, save_adapter, set_weights
 from common.task import (
     adapter_config,
@@ -61,8 +62,10 @@ def main(grid: Grid, context: Context) -> None:
     min_fit = min(n, max(s.min_fit_clients, 1))
     if is_distributed(cfg):
         min_fit = n  # every client's noise share in every step (clients check it too)
+    central = central_plan_for(cfg, run) if is_central(cfg) else None
     strategy = RecommenderFedAvg(
         store=store,
+        server_ledger=central_ledger(cfg, central) if central is not None else None,
         num_rounds=s.num_rounds,
         evaluate_every=s.evaluate_every,
         tolerate_dropouts=bool(cfg.secagg.enabled),
@@ -76,7 +79,6 @@ def main(grid: Grid, context: Context) -> None:
         initial_parameters=ndarrays_to_parameters(initial),
         progress=RunProgress(s.num_rounds, "round", "federated"),
     )
-    central = central_plan_for(cfg, run) if is_central(cfg) else None
     workflow_strategy = strategy
     if central is not None:
         # Flower's DP-FedAvg wrapper: sends the clip norm, adds N(0, (σC/K)²) to the mean.
@@ -158,12 +160,21 @@ def secagg_summary(cfg, run, strategy: RecommenderFedAvg) -> dict | None:
     }
 
 
+def central_ledger(cfg, plan):
+    """The server's own ledger for DP-FedAvg, one row per round started (ledger format)."""
+    def row(rounds: int) -> dict:
+        return asdict(central_row(rounds, plan.noise_multiplier, plan.sample_rate, plan.delta, cfg.privacy.accountant))
+
+    return row
+
+
 def central_privacy(cfg, plan, rounds: int) -> dict:
     """The server's accountant for DP-FedAvg: every round that started counts."""
-    accountant = AccountantState().add(plan.noise_multiplier, plan.sample_rate, rounds)
-    eps = accountant.epsilon(plan.delta, cfg.privacy.accountant)
+    r = central_ledger(cfg, plan)(rounds)
+    eps = r["epsilon"]
     entry = {"epsilon": eps, "delta": plan.delta, "noise_multiplier": plan.noise_multiplier,
-             "sample_rate": plan.sample_rate, "steps": rounds, "clipping_norm": plan.clipping_norm}  # fmt: skip
+             "sample_rate": plan.sample_rate, "steps": rounds, "clipping_norm": plan.clipping_norm,
+             "epsilon_check": r["epsilon_check"], "check_accountant": r["check_accountant"], "agree": r["agree"]}  # fmt: skip
     return {"unit": plan.unit, "delta": plan.delta, "epsilon_max": eps, "per_client": {"all": entry},
             "accountant": cfg.privacy.accountant}  # fmt: skip
 

@@ -36,9 +36,12 @@ class RecommenderFedAvg(FedAvg):
         server_optimizer=None,
         gradient_scale: float = 1.0,
         progress: RunProgress | None = None,
+        server_ledger=None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        # DP-FedAvg: the server's own accountant, a ledger row per round started.
+        self.server_ledger = server_ledger
         self.progress = progress or RunProgress(0)
         # Distributed noise: results are noisy gradient sums (weight 1 each); the server
         # steps its optimizer on sum × gradient_scale (1 / expected batch) instead of adding.
@@ -185,6 +188,10 @@ class RecommenderFedAvg(FedAvg):
         self._row["seconds"] = seconds
         self.round_seconds.append(seconds)
         self.rounds_completed = self._row["round"]
+        if self.server_ledger is not None:
+            entry = self.server_ledger(self._row["round"])
+            self.store.append_ledger({"client_id": "server", **entry})
+            self._row["epsilon_max"] = entry["epsilon"]
         self.store.append_metrics(self._row)
         row = self._row
         status = round_status(row.get("clients_ok"), row.get("clients"), row.get("epsilon_max"), row.get("eval_ndcg@10"))

@@ -49,6 +49,13 @@ def test_server_noise_has_the_planned_variance_around_the_mean_clipped_update(tm
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["privacy"]["unit"] == "client" and "central" in summary["privacy"]["mechanism"]
+    # The server's own accountant keeps a ledger in the clients' format, a row per round.
+    rows = [json.loads(line) for line in (tmp_path / "run" / "privacy_ledger.jsonl").read_text().splitlines()]
+    server = [r for r in rows if r["client_id"] == "server"]
+    assert [r["round"] for r in server] == list(range(1, len(server) + 1)) and len(server) >= 1
+    eps = [r["epsilon"] for r in server]
+    assert eps == sorted(eps) and eps[-1] == pytest.approx(summary["privacy"]["epsilon_max"])
+    assert all(r["agree"] for r in server)
 
     torch.set_num_threads(1)
     one_string = " ".join([*overrides, f"cache_dir={tmp_path / 'cache'}"])

@@ -109,6 +109,14 @@ def accountants_agree(eps: float, check: float) -> bool:
     return abs(eps - check) <= max(AGREEMENT * max(eps, check), RESOLUTION)
 
 
+def central_row(rounds: int, noise: float, q: float, delta: float, accountant: str) -> LedgerRow:
+    """The server's ledger row for DP-FedAvg (privacy.noise=central) after ``rounds`` rounds:
+    one sampled Gaussian step per round, every round that started counts."""
+    state = AccountantState().add(noise, q, rounds)
+    eps, check, check_name, agree = cross_checked(state, delta, accountant)
+    return LedgerRow(rounds, TRAINED, 1, rounds, q, noise, eps, check, accountant, check_name, agree, delta, None)
+
+
 def epsilon_after(state: AccountantState, noise: float, q: float, steps: int, delta: float, accountant: str) -> float:
     """ε the client would have spent after ``steps`` more steps of (σ, q)."""
     after = AccountantState(list(state.history)).add(noise, q, steps)
