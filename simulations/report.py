@@ -163,8 +163,15 @@ def load_run(root: Path, folder: Path) -> Run:
 
 
 def find_runs(root: Path) -> list[Run]:
-    runs = []
-    for here, dirs, files in os.walk(root):
+    """Every run folder under ``root``; symlinked folders are followed (a folder of links
+    gathers sweeps from elsewhere into one report), each real folder once."""
+    runs, seen = [], set()
+    for here, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(here)
+        if real in seen:  # a link back up the tree, or two links to one folder
+            dirs[:] = []
+            continue
+        seen.add(real)
         # Hydra keeps its own unresolved config.yaml in .hydra/: not a run.
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         if "config.yaml" in files:

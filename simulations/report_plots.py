@@ -45,7 +45,8 @@ def _save(fig, path: Path) -> None:
 
 def _legend(ax, entries: int) -> None:
     if entries > 6:
-        ax.legend(fontsize=7 if entries > 10 else 8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+        # Below the axes: beside them, long labels would squeeze the plot to a sliver.
+        ax.legend(fontsize=7 if entries > 10 else 8, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
     else:
         ax.legend(fontsize=8, loc="best")
 

@@ -221,3 +221,18 @@ def test_old_or_partial_summaries_give_dashes(tmp_path, capsys):
     row = next(csv.DictReader((tmp_path / "results.csv").open()))
     assert row["status"] == "complete" and row["ndcg@10"] == "" and row["epsilon"] == ""
     assert "per_client.png not drawn" in (tmp_path / "report.md").read_text()
+
+
+def test_a_folder_of_links_gathers_sweeps_once_each(tmp_path):
+    from simulations.report import find_runs
+
+    for name in ("a", "b"):
+        (tmp_path / "sweeps" / name / "0").mkdir(parents=True)
+        (tmp_path / "sweeps" / name / "0" / "config.yaml").write_text(f"seed: 0\nbaseline: {name}\n")
+    gather = tmp_path / "gather"
+    gather.mkdir()
+    (gather / "a").symlink_to(tmp_path / "sweeps" / "a")
+    (gather / "a-again").symlink_to(tmp_path / "sweeps" / "a")
+    (gather / "b").symlink_to(tmp_path / "sweeps" / "b")
+    (gather / "loop").symlink_to(gather)
+    assert sorted(r.config["baseline"] for r in find_runs(gather)) == ["a", "b"]
