@@ -97,7 +97,7 @@ def build_summary(
 ) -> dict:
     """The summary.json every run writes (DESIGN.md contract); callers add their own blocks.
 
-    ``per_client`` maps a client (or "central"/"all") to its privacy entry with at least
+    ``per_client`` maps a client (or "central"/"server") to its privacy entry with at least
     ``epsilon`` and ``delta``; ``private`` defaults to whether there is any entry."""
     eps = [v["epsilon"] for v in per_client.values()]
     private = bool(per_client) if private is None else private

@@ -175,7 +175,7 @@ def central_privacy(cfg, plan, rounds: int) -> dict:
     entry = {"epsilon": eps, "delta": plan.delta, "noise_multiplier": plan.noise_multiplier,
              "sample_rate": plan.sample_rate, "steps": rounds, "clipping_norm": plan.clipping_norm,
              "epsilon_check": r["epsilon_check"], "check_accountant": r["check_accountant"], "agree": r["agree"]}  # fmt: skip
-    return {"unit": plan.unit, "delta": plan.delta, "epsilon_max": eps, "per_client": {"all": entry},
+    return {"unit": plan.unit, "delta": plan.delta, "epsilon_max": eps, "per_client": {"server": entry},
             "accountant": cfg.privacy.accountant}  # fmt: skip
 
 
