@@ -27,6 +27,7 @@ from common.config import compose
 from common.device import resolve_device
 from common.distributed_dp import check_protocol, noisy_gradient_sum
 from common.evaluation import evaluate_users
+from common.privacy.accounting import PrivacyConfigError
 from common.privacy.ledger import (REFUSED, TRAINED, LedgerRow, PrivacyLedger, budget_of, cross_checked, epsilon_after,
                                    ledger_path, within_budget)  # fmt: skip
 from common.secure_aggregation import clip_update, dropout_clients, update
@@ -84,11 +85,12 @@ class RecommenderClient(NumPyClient):
         state = ledger.accountant().add(noise, q, steps)  # the rows so far plus this round
         accountant = self.cfg.privacy.accountant
         eps, check, check_name, agree = cross_checked(state, delta, accountant)
-        budget = budget_of(self.cfg.privacy) if not is_distributed(self.cfg) else None
+        budget = budget_of(self.cfg.privacy)
         row = ledger.append(LedgerRow(server_round, status, steps, state.steps, q, noise, eps, check, accountant,
                                       check_name, agree, delta, budget))  # fmt: skip
-        if ledger.path is None:
-            self.state.config_records[LEDGER_KEY] = ConfigRecord({"rows": ledger.to_json()})
+        # Mirrored in the Flower state even with a file: a file that later holds fewer rows
+        # than the state remembers is refused (see PrivacyLedger.open).
+        self.state.config_records[LEDGER_KEY] = ConfigRecord({"rows": ledger.to_json()})
         if not agree:
             log.warning("client %d: accountants disagree: %s ε=%.4f, %s ε=%.4f", self.client_id,
                         accountant, eps, check_name, check)  # fmt: skip
@@ -174,12 +176,21 @@ class RecommenderClient(NumPyClient):
         """One pooled DP-SGD step: this client's noisy sum of clipped user gradients, sent
         with weight 1 so that the secure mean times the survivors is the sum."""
         plan = pooled_plan(self.cfg, self.run)
+        ledger = self._ledger()
+        budget = budget_of(self.cfg.privacy)
+        after = epsilon_after(ledger.accountant(), plan.noise_multiplier, plan.sample_rate, 1, plan.delta,
+                              self.cfg.privacy.accountant)  # fmt: skip
+        if not within_budget(after, budget):
+            # Sitting a step out would leave the pooled noise one share short, so the step
+            # fails (and with it the round) instead of going on quietly.
+            raise PrivacyConfigError(f"client {self.client_id}: the next pooled step would bring ε to {after:.3f}, "
+                                     f"over privacy.budget_epsilon={budget}")  # fmt: skip
         grad_sum, _ = noisy_gradient_sum(
             model, seqs, self.run.data.num_items, self.cfg.model.num_negatives, plan,
             seed=seed if self.cfg.privacy.seeded_noise else None,
         )  # fmt: skip
         # Every client records the pooled mechanism's step: its users are protected by it.
-        ledger_metrics = self._record(self._ledger(), server_round, TRAINED, 1, plan.noise_multiplier,
+        ledger_metrics = self._record(ledger, server_round, TRAINED, 1, plan.noise_multiplier,
                                       plan.sample_rate, plan.delta)  # fmt: skip
         limit = self.cfg.secagg.clipping_range
         clamped = int(sum((np.abs(g) > limit).sum() for g in grad_sum))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import fields
 
 import numpy as np
 
@@ -19,10 +20,12 @@ from flwr.server.strategy import FedAvg
 
 from common.metrics.ranking import MetricSums
 from common.progress import RunProgress, round_status
+from common.privacy.ledger import LedgerRow
 from common.run_store import RunStore
 from common.serialization import num_bytes
 
 log = logging.getLogger("fedrec")
+LEDGER_FIELDS = tuple(f.name for f in fields(LedgerRow) if f.name not in ("round", "status", "steps"))
 
 
 class RecommenderFedAvg(FedAvg):
@@ -203,10 +206,8 @@ class RecommenderFedAvg(FedAvg):
 
 
 def _ledger_fields(m) -> dict:
-    """The ledger row a client reported in its fit metrics."""
-    keys = ("steps_total", "sample_rate", "noise_multiplier", "epsilon", "epsilon_check", "accountant",
-            "check_accountant", "agree", "delta", "budget_epsilon")  # fmt: skip
-    return {k: m[k] for k in keys if k in m}
+    """The ledger row a client reported in its fit metrics (round and status travel apart)."""
+    return {k: m[k] for k in LEDGER_FIELDS if k in m}
 
 
 def _raise_on_failures(stage: str, server_round: int, failures) -> None:

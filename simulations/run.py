@@ -37,11 +37,15 @@ def app_overrides(task_overrides: list[str], output_dir: Path) -> str:
     """The one run_config string the Flower apps compose the same config from."""
     kept = [o for o in task_overrides if not o.startswith("output_dir=")]
     # Clients may run in another working directory (Ray workers, SuperNodes): absolute paths.
-    kept = [
-        f"dataset.path={Path(o.split('=', 1)[1]).resolve()}" if o.startswith("dataset.path=") else o
-        for o in kept
-    ]
+    kept = [_absolute(o) for o in kept]
     return " ".join(shlex.quote(o) for o in [*kept, f"output_dir={output_dir}"])
+
+
+def _absolute(override: str) -> str:
+    key, _, value = override.partition("=")
+    if key in ("dataset.path", "privacy.ledger_dir") and value not in ("", "null", "~"):
+        return f"{key}={Path(value).resolve()}"
+    return override
 
 
 def execute(cfg: DictConfig, task_overrides: list[str], out: Path) -> dict:
@@ -120,6 +124,8 @@ def main(cfg: DictConfig) -> None:
     cfg.output_dir = str(out)
     if cfg.dataset.path:
         cfg.dataset.path = str(Path(cfg.dataset.path).resolve())
+    if cfg.privacy.get("ledger_dir"):
+        cfg.privacy.ledger_dir = str(Path(cfg.privacy.ledger_dir).resolve())
     position = sweep_position(hc)
     if position:
         print(f"fedrec: sweep {position}: {' '.join(task) or '(defaults)'} -> {out}", flush=True)

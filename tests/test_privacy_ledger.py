@@ -199,3 +199,35 @@ def test_an_infinite_epsilon_never_agrees_with_a_finite_one():
 
     assert not accountants_agree(1.0, float("inf")) and not accountants_agree(float("inf"), 1.0)
     assert accountants_agree(float("inf"), float("inf"))
+
+
+def test_a_ledger_file_with_fewer_rows_than_the_client_remembers_is_refused(setup, tmp_path):
+    overrides, cfg, run = setup
+    weights = get_weights(build_model(cfg, run))
+    state = RecordDict()
+    node = {"state-dir": str(tmp_path / "org")}
+    RecommenderClient(client(overrides, state=state, node_config=node)).fit(weights, {"server_round": 1})
+    (tmp_path / "org" / "privacy_ledger.jsonl").unlink()  # e.g. the volume was not mounted
+    with pytest.raises(PrivacyConfigError, match="refusing to train rather than reset"):
+        RecommenderClient(client(overrides, state=state, node_config=node)).fit(weights, {"server_round": 2})
+
+
+def test_two_writers_on_one_ledger_file_do_not_lose_rows(tmp_path):
+    from common.privacy.ledger import LedgerRow
+
+    path = tmp_path / "privacy_ledger.jsonl"
+    row = LedgerRow(1, "trained", 3, 3, 0.5, 1.0, 1.2, 1.2, "rdp", "dp-accounting rdp", True, 1e-4, 8.0)
+    a, b = PrivacyLedger.open(path), PrivacyLedger.open(path)
+    a.append(row)
+    with pytest.raises(PrivacyConfigError, match="changed by another process"):
+        b.append(row)
+    assert len(PrivacyLedger.open(path).rows) == 1
+
+
+def test_distributed_noise_stops_loudly_at_the_budget(setup):
+    overrides, cfg, run = setup
+    extra = "privacy.noise=distributed secagg=secaggplus privacy.budget_epsilon=0.001"
+    context = client(overrides, extra=extra)
+    weights = get_weights(build_model(cfg, run))
+    with pytest.raises(PrivacyConfigError, match="over privacy.budget_epsilon=0.001"):
+        RecommenderClient(context).fit(weights, {"server_round": 1})

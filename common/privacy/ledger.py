@@ -15,7 +15,9 @@ orders is more conservative than Opacus' and the rows are flagged.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +25,7 @@ from pathlib import Path
 from common.privacy.accounting import AccountantState, PrivacyConfigError, independent_epsilon
 from common.run_store import atomic_write
 
+log = logging.getLogger("fedrec")
 AGREEMENT = 0.01  # relative difference two accountants may show for the same mechanism
 # Below this absolute difference the two do not disagree: Opacus' PRV reports the upper end
 # of an interval ±0.01 (its eps_error) around its estimate, which is more than 1 % of a small ε.
@@ -56,20 +59,22 @@ class PrivacyLedger:
     @classmethod
     def open(cls, path: str | Path | None, stored: str | None = None) -> PrivacyLedger:
         """The ledger at ``path`` (a file that may not exist yet), else the JSON ``stored``
-        in the client's Flower state."""
-        if path is not None:
-            path = Path(path)
-            if not path.exists():
-                return cls([], path)
-            rows = []
-            for n, line in enumerate(path.read_text().splitlines(), start=1):
-                try:
-                    rows.append(json.loads(line))
-                except ValueError:
-                    raise PrivacyConfigError(f"{path}, line {n}: not a ledger row (the ledger is damaged; "
-                                             "refusing to train rather than reset the budget)") from None  # fmt: skip
-            return cls(rows, path)
-        return cls(json.loads(stored) if stored else [])
+        in the client's Flower state. With both, the file must hold at least the rows the state
+        remembers: a file replaced, truncated or on a volume not mounted must not pass for a
+        fresh budget."""
+        remembered = json.loads(stored) if stored else []
+        if path is None:
+            return cls(remembered)
+        path = Path(path)
+        rows = _read_rows(path)
+        if rows[: len(remembered)] != remembered:
+            raise PrivacyConfigError(
+                f"{path}: holds {len(rows)} ledger rows but this client has recorded {len(remembered)} that it "
+                "does not match; refusing to train rather than reset the privacy budget"
+            )
+        if not rows:
+            log.warning("starting a new privacy ledger at %s", path)
+        return cls(rows, path)
 
     def to_json(self) -> str:
         return json.dumps(self.rows)
@@ -84,11 +89,30 @@ class PrivacyLedger:
 
     def append(self, row: LedgerRow) -> dict:
         entry = asdict(row)
-        self.rows.append(entry)
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rows))
+            with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                # Another process writing the same ledger would lose its rows or ours: refuse.
+                if _read_rows(self.path) != self.rows:
+                    raise PrivacyConfigError(f"{self.path}: changed by another process while this client trained "
+                                             "(two clients or runs share one ledger); not overwriting it")  # fmt: skip
+                atomic_write(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in [*self.rows, entry]))
+        self.rows.append(entry)
         return entry
+
+
+def _read_rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            raise PrivacyConfigError(f"{path}, line {n}: not a ledger row (the ledger is damaged; "
+                                     "refusing to train rather than reset the budget)") from None  # fmt: skip
+    return rows
 
 
 def cross_checked(state: AccountantState, delta: float, accountant: str) -> tuple[float, float, str, bool]:
