@@ -120,6 +120,9 @@ def audit_config(cfg: DictConfig, out: Path, canaries: int, holdout: float, seed
     count, which canaries change, and the audit must train under the original plan's δ."""
     want = OmegaConf.to_container(cfg, resolve=True)
     want["audit"] = {"canaries": canaries, "canary_length": length, "holdout": holdout, "seed": seed}
+    # The audit's clients are other users: they must not read or spend the audited run's ledgers.
+    if want["privacy"].get("ledger_dir"):
+        want["privacy"]["ledger_dir"] = None
     if want["privacy"].get("enabled") and want["privacy"].get("delta") is None and delta is not None:
         want["privacy"]["delta"] = float(delta)
     overrides = overrides_for(want)

@@ -130,7 +130,8 @@ def build_blocks(document: dict) -> list[tuple[str, Any]]:
             diff = c["max_relative_difference"]
             agree = "-" if c["agree"] is None else f"{'yes' if c['agree'] else 'NO'} ({diff:.2%})"
             eps, budget = c["epsilon"], c["budget_epsilon"]
-            spent = f"{eps / budget:.1%}" if isinstance(eps, (int, float)) and budget else "-"
+            finite = isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0
+            spent = f"{eps / budget:.1%}" if isinstance(eps, (int, float)) and finite else "-"
             check = "-" if c["epsilon_check"] is None else f"{_fmt(c['epsilon_check'])} ({_fmt(c['check_accountant'])})"
             rows.append([cid, _fmt(c["users"]), _fmt(c["steps"]), _fmt(c["noise_multiplier"]), _fmt(c["sample_rate"]),
                          f"{_fmt(eps)} ({_fmt(c['accountant'])})", check,

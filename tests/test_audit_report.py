@@ -364,3 +364,17 @@ def test_secure_aggregation_and_noise_mode_shape_the_statements(tmp_path, noise)
         assert "NOT against the server" in p["privacy"]["statement"] and p["privacy"]["units_protected"] == 3
     else:
         assert any("subtract their noise shares" in limit for limit in p["known_limits"])
+
+
+def test_an_infinite_budget_renders_without_a_spent_share(tmp_path):
+    run = make_run(tmp_path / "run")
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["privacy"]["budget_epsilon"] = float("inf")
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    # The server writes non-finite numbers as null (JSON has no Infinity).
+    rows = [json.loads(line) for line in (run / "privacy_ledger.jsonl").read_text().splitlines()]
+    (run / "privacy_ledger.jsonl").write_text("".join(json.dumps({**r, "budget_epsilon": None}) + "\n" for r in rows))
+    audit_report.write_report(run)
+    p = payload_of(run)
+    assert not p["budget"]["exceeded"]
+    assert "EXCEEDED" not in (run / "audit" / "report.md").read_text()

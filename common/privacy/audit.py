@@ -75,8 +75,9 @@ def inject_audit(
     """
     if canaries < 0 or not 0.0 <= holdout < 1.0:
         raise DataError(f"audit: need canaries >= 0 and 0 <= holdout < 1, got {canaries}, {holdout}")
-    if canaries and not 3 <= canary_length <= data.num_items:
-        raise DataError(f"audit.canary_length={canary_length} must be in [3, {data.num_items}] (items)")
+    # Leave-one-out keeps length - 2 items for training, and a user needs 2 to be trained on.
+    if canaries and not 4 <= canary_length <= data.num_items:
+        raise DataError(f"audit.canary_length={canary_length} must be in [4, {data.num_items}] (items)")
     n = split.num_users
     # Random items in a random order: nothing in the real data predicts them, so only
     # memorisation can lower a canary's loss.
