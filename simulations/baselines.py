@@ -135,8 +135,9 @@ def _train_one_epoch(cfg, run, learners, epoch, epochs, store, progress) -> floa
     t = time.perf_counter()
     for i, learner in enumerate(learners):
         train_epoch(cfg, run, learner, seed=cfg.seed * 100_003 + epoch * 1_009 + i)
-    users = sum(len(x.seqs) for x in learners)
-    row = {"round": epoch, "train_loss": sum(len(x.seqs) * x.loss for x in learners) / max(users, 1)}
+    trained = [x for x in learners if x.seqs]  # a client without a trainable user has no loss
+    users = sum(len(x.seqs) for x in trained)
+    row = {"round": epoch, "train_loss": sum(len(x.seqs) * x.loss for x in trained) / max(users, 1)}
     eps = [p["epsilon"] for p in (x.privacy(cfg.privacy.accountant) for x in learners) if p]
     if eps:
         row["epsilon_max"] = max(eps)
@@ -189,6 +190,9 @@ def run_sasrec_ids(cfg: DictConfig, run: RunData, store: RunStore) -> dict:
 
 def run_local(cfg: DictConfig, run: RunData, store: RunStore) -> dict:
     """Each client alone: its own model, its own users, no federation."""
+    if cfg.partition.scheme == "cross_device":
+        raise ValueError("baseline=local with partition=cross_device would train one model per user; "
+                         "use a cross-silo partition (iid, dirichlet, attribute)")  # fmt: skip
     start = time.perf_counter()
     epochs = cfg.strategy.num_rounds * cfg.strategy.local_epochs
     learners = [new_learner(cfg, run, rows, epochs) for rows in run.partitions]

@@ -32,6 +32,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:2] == ["audit", "run"]:
+        return _audit_run(argv[2:])
     parser = argparse.ArgumentParser(prog="fedrec", description="Federated, private recommendation.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="one simulation or baseline: fedrec run [hydra overrides]")
@@ -52,13 +55,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _add_audit_commands(audit_sub) -> None:
-    # Imported on use of `fedrec audit` only: the audit pulls in torch and the whole harness.
-    from simulations import audit, audit_report
+    from simulations import audit_report
 
-    p = audit_sub.add_parser("run", help="canaries + membership inference on a re-run of RUN_DIR's config")
-    audit.add_run_arguments(p)
-    p.set_defaults(func=audit.run_from_args)
+    # Listed here for `fedrec audit -h`; main() hands `audit run ...` to its own parser.
+    audit_sub.add_parser("run", help="canaries + membership inference on a re-run of RUN_DIR's config")
     audit_report.add_arguments(audit_sub)
+
+
+def _audit_run(argv: list[str]) -> int:
+    # Imported here: the audit pulls in torch and the whole harness, which other commands skip.
+    from simulations import audit
+
+    parser = argparse.ArgumentParser(prog="fedrec audit run")
+    audit.add_run_arguments(parser)
+    return audit.run_from_args(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

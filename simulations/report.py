@@ -37,7 +37,7 @@ import yaml
 from common.run_store import atomic_write
 
 # Keys that never change a result, or name a machine-specific place.
-IGNORED = ("output_dir", "cache_dir", "device", "baseline", "hydra")
+IGNORED = ("output_dir", "cache_dir", "device", "baseline", "hydra", "privacy.ledger_dir")
 BUDGET = ("privacy.epsilon", "privacy.delta", "privacy.enabled", "privacy.name")
 # Config groups a kind does not read: a difference there must not split its runs.
 UNUSED = {
@@ -175,7 +175,11 @@ def find_runs(root: Path) -> list[Run]:
         # Hydra keeps its own unresolved config.yaml in .hydra/: not a run.
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         if "config.yaml" in files:
-            runs.append(load_run(root, Path(here)))
+            run = load_run(root, Path(here))
+            # An audit's re-training (RUN_DIR/audit/train) has canaries and held-out users:
+            # not comparable with the runs, and the audit report covers it.
+            if not (run.config.get("audit.canaries") or run.config.get("audit.holdout")):
+                runs.append(run)
     return runs
 
 
