@@ -46,13 +46,15 @@ def trainable_sequences(sequences: list[np.ndarray]) -> list[np.ndarray]:
     return [s for s in sequences if len(s) >= 2]
 
 
-def steps_per_epoch(num_users: int, batch_size: int) -> int:
-    return max(1, math.ceil(num_users / batch_size))
-
-
 def sample_rate(num_users: int, batch_size: int) -> float:
     """Poisson sampling rate q Opacus uses for a loader of this size (1 / batches per epoch)."""
-    return 1.0 / steps_per_epoch(num_users, batch_size)
+    return 1.0 / max(1, math.ceil(num_users / batch_size))
+
+
+def steps_per_epoch(num_users: int, batch_size: int) -> int:
+    """Steps Opacus' Poisson sampler takes per epoch: int(1/q), which float rounding makes one
+    less than the batch count for some counts (93, 99, 105, ...); the plan must count the same."""
+    return int(1 / sample_rate(num_users, batch_size))
 
 
 def left_pad(seqs: list[np.ndarray], length: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -170,3 +170,13 @@ def test_same_seed_trains_the_same_model_with_dropout():
         train_local(m, seqs, NUM_ITEMS, 2, 10, 1e-2, 4, seed=5)
         runs.append(get_weights(m))
     assert all(np.array_equal(a, b) for a, b in zip(*runs))
+
+
+@pytest.mark.parametrize("users", [32 * 93, 32 * 99 - 5, 32 * 3, 7])
+def test_planned_steps_per_epoch_are_the_steps_opacus_takes(users):
+    from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+
+    from common.training import sample_rate, steps_per_epoch
+
+    q = sample_rate(users, 32)
+    assert steps_per_epoch(users, 32) == len(UniformWithReplacementSampler(num_samples=users, sample_rate=q))
