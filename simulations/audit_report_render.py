@@ -16,7 +16,8 @@ from typing import Any
 from common.privacy.ledger import AGREEMENT, RESOLUTION
 from common.signing import payload_sha256
 from simulations.audit_facts import EXHAUSTED_SHARE, client_order
-from simulations.report_render import CSS, render_markdown as _render_basic_markdown
+from simulations.report_render import render_html as _render_basic_html
+from simulations.report_render import render_markdown as _render_basic_markdown
 
 ALARM = ("EXCEEDED", "NO ", "VIOLATION", "UNSIGNED", "NOT ")  # table cells shown red in HTML
 LABEL = {"red": "RED FLAG", "warn": "Warning", "ok": "OK"}
@@ -223,30 +224,19 @@ AUDIT_CSS = (".flag{padding:4px 8px;margin:4px 0;border-left:6px solid}.red{back
 
 def render_html(document: dict) -> str:
     e = html.escape
-    blocks = build_blocks(document)
-    out = [f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{e(blocks[0][1])}</title>'
-           f"<style>{CSS}{AUDIT_CSS}</style></head><body>"]  # fmt: skip
-    for kind, body in blocks:
-        if kind in ("h1", "h2", "p"):
-            out.append(f"<{kind}>{e(body)}</{kind}>")
-        elif kind == "flag":
+
+    def extra(kind: str, body) -> str | None:
+        if kind == "flag":
             level, text = body
-            out.append(f'<p class="flag {level}">{e(LABEL[level])}: {e(text)}</p>')
-        elif kind == "quote":
-            out.append(f"<blockquote>{e(body)}</blockquote>")
-        elif kind == "ul":
-            out.append("<ul>" + "".join(f"<li>{e(item)}</li>" for item in body) + "</ul>")
-        elif kind == "table":
-            head, rows = body
-            out.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>")
-            for row in rows:
-                cells = [f'<td class="alarm">{e(c)}</td>' if c.startswith(ALARM) else f"<td>{e(c)}</td>" for c in row]
-                out.append("<tr>" + "".join(cells) + "</tr>")
-            out.append("</table>")
-        elif kind == "img":
-            src, alt, caption = map(e, body)
-            out.append(f'<figure><img src="{src}" alt="{alt}"><figcaption>{caption}</figcaption></figure>')
-    return "\n".join(out) + "\n</body></html>\n"
+            return f'<p class="flag {level}">{e(LABEL[level])}: {e(text)}</p>'
+        if kind == "quote":
+            return f"<blockquote>{e(body)}</blockquote>"
+        return None
+
+    def cell(c: str) -> str:
+        return f'<td class="alarm">{e(c)}</td>' if c.startswith(ALARM) else f"<td>{e(c)}</td>"
+
+    return _render_basic_html(build_blocks(document), AUDIT_CSS, extra, cell)
 
 
 # ---------------------------------------------------------------- plots (None = drawn, else why not)

@@ -4,6 +4,7 @@ content as Markdown and as a standalone HTML page (inline CSS, no scripts, no ex
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 import math
 import statistics
 from datetime import datetime
@@ -116,19 +117,30 @@ CSS = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px;color:
        "img{max-width:100%;border:1px solid #ddd}figcaption{color:#555;margin-bottom:2em}")  # fmt: skip
 
 
-def render_html(blocks: list[tuple[str, Any]]) -> str:
+def render_html(
+    blocks: list[tuple[str, Any]],
+    css_extra: str = "",
+    extra: Callable[[str, Any], str | None] | None = None,
+    cell: Callable[[str], str] | None = None,
+) -> str:
+    """A standalone page; ``extra`` renders block kinds of its own (None = not mine) and
+    ``cell`` a table cell (the audit report marks alarms)."""
     e = html.escape
+    td = cell or (lambda c: f"<td>{e(c)}</td>")
     out = [f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{e(blocks[0][1])}</title>'
-           f"<style>{CSS}</style></head><body>"]  # fmt: skip
+           f"<style>{CSS}{css_extra}</style></head><body>"]  # fmt: skip
     for kind, body in blocks:
-        if kind in ("h1", "h2", "p"):
+        custom = extra(kind, body) if extra is not None else None
+        if custom is not None:
+            out.append(custom)
+        elif kind in ("h1", "h2", "p"):
             out.append(f"<{kind}>{e(body)}</{kind}>")
         elif kind == "ul":
             out.append("<ul>" + "".join(f"<li>{e(item)}</li>" for item in body) + "</ul>")
         elif kind == "table":
             head, rows = body
             out.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>")
-            out += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows]
+            out += ["<tr>" + "".join(td(c) for c in row) + "</tr>" for row in rows]
             out.append("</table>")
         elif kind == "img":
             src, alt, caption = map(e, body)
