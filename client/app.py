@@ -212,8 +212,11 @@ class RecommenderClient(NumPyClient):
             sampled_negatives=self.cfg.eval.sampled_negatives,
             seed=self.cfg.seed,
             ks=tuple(self.cfg.eval.ks),
+            groups=self.run.fairness,
         )
         metrics = sums.to_dict()
+        if sums.fairness is not None:  # group sums and item exposure counts, never per-user values
+            metrics.update(sums.fairness.to_metrics())
         metrics["client_id"] = self.client_id
         means = sums.means()
         return float(1.0 - means.get("ndcg@10", 0.0)), len(self.rows), metrics

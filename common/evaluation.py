@@ -4,16 +4,19 @@ Full ranking over every item except the items in the user's input history (for t
 training items + the validation item; for the validation item: training items). Sampled
 ranking (1 positive + 99 negatives the user never touched) is the labelled secondary.
 Results are sums and counts, so clients' results add up to the user-weighted mean exactly.
+Fairness travels the same way (:mod:`common.fairness_eval`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from common.data.types import LeaveOneOutSplit
+from common.fairness_eval import FAIR_K, FairnessGroups, FairnessSums, top_items
 from common.metrics.ranking import MetricSums, full_ranks, sample_negatives, sampled_ranks
 from common.model.recommender import TextSeqRec
 from common.training import left_pad
@@ -61,9 +64,12 @@ def evaluate_users(
     sampled_negatives: int = 99,
     seed: int = 0,
     ks: tuple[int, ...] = (5, 10, 20),
-) -> MetricSums:
-    """Metric sums of ``model`` over the users in ``rows`` (split-row indices)."""
-    return evaluate_scorer(model_scorer(model, split.num_items), split, rows, which, sampled_negatives, seed, ks)
+    groups: FairnessGroups | None = None,
+) -> EvaluatedSums:
+    """Metric sums of ``model`` over the users in ``rows`` (split-row indices); with ``groups``,
+    also their fairness sums (``.fairness``)."""
+    return evaluate_scorer(model_scorer(model, split.num_items), split, rows, which, sampled_negatives, seed, ks,
+                           groups=groups)  # fmt: skip
 
 
 def model_scorer(model: TextSeqRec, num_items: int) -> Callable[[list[np.ndarray]], np.ndarray]:
@@ -83,16 +89,29 @@ def evaluate_scorer(
     seed: int = 0,
     ks: tuple[int, ...] = (5, 10, 20),
     batch_size: int = 512,
-) -> MetricSums:
-    """Metric sums of any scorer mapping users' histories to scores [users, items]."""
+    groups: FairnessGroups | None = None,
+) -> EvaluatedSums:
+    """Metric sums of any scorer mapping users' histories to scores [users, items]; with
+    ``groups``, also the fairness sums of the same users (``.fairness``, else None)."""
     sums = MetricSums(metric_names(ks))
+    fair = FairnessSums.empty(split.num_items) if groups is not None else None
     rows = np.asarray(rows, dtype=np.int64)
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
         hist, targets = histories(split, chunk, which)
         scores = score(hist)
-        sums.add(full_ranks(scores, targets, hist))
+        ranks = full_ranks(scores, targets, hist)
+        sums.add(ranks)
+        if fair is not None:
+            fair.add(groups.labels(chunk), ranks, top_items(scores, hist, targets, FAIR_K))
         if sampled_negatives:
             negs = user_negatives(split, chunk, sampled_negatives, seed)
             sums.add(sampled_ranks(scores, targets, negs), prefix="sampled_")
-    return sums
+    return EvaluatedSums(sums.metrics, sums.sums, sums.counts, fairness=fair)
+
+
+@dataclass
+class EvaluatedSums(MetricSums):
+    """:class:`MetricSums` plus the fairness sums of the same users (None when not asked for)."""
+
+    fairness: FairnessSums | None = None

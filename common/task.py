@@ -18,6 +18,7 @@ from common.data import load_dataset
 from common.data.partition import partition_users
 from common.data.split import leave_one_out
 from common.data.types import InteractionData, LeaveOneOutSplit
+from common.fairness_eval import FairnessGroups, fairness_groups
 from common.model.item_encoder import encode_texts
 from common.model.recommender import FrozenText, TextSeqRec
 from common.privacy.accounting import PrivacyConfigError, check_delta, noise_multiplier_for_plan
@@ -35,6 +36,9 @@ class RunData:
     partitions: list[np.ndarray]  # split-row indices per client
     item_text: np.ndarray  # [num_items, text_dim] frozen LM embeddings
     audit: AuditInfo | None = None  # canaries and held-out users when cfg.audit is active
+    # Fairness groups over ALL users of the run, computed once so that every client and every
+    # baseline uses the same activity threshold (see FairnessGroups for the deployment caveat).
+    fairness: FairnessGroups | None = None
 
     @property
     def num_clients(self) -> int:
@@ -85,7 +89,7 @@ def _load_run_data(key: str) -> RunData:
         "data %s: %d users (%d dropped with < 3 interactions), %d items, %d clients",
         data.name, split.num_users, split.stats.get("users_dropped", 0), data.num_items, len(partitions),
     )  # fmt: skip
-    return RunData(data, split, partitions, text, audit)
+    return RunData(data, split, partitions, text, audit, fairness_groups(split, data.user_attributes))
 
 
 def build_model(cfg: DictConfig, run: RunData) -> TextSeqRec:

@@ -22,6 +22,7 @@ from common.config import compose
 from common.progress import RunProgress
 from common.run_store import RunStore, build_summary
 from common.distributed_dp import shares_needed
+from common.fairness_eval import fairness_block
 from common.privacy.ledger import central_row
 from common.serialization import get_weights, num_bytes, save_adapter, set_weights
 from common.task import (
@@ -193,7 +194,9 @@ def federated_summary(cfg, run, strategy: RecommenderFedAvg, adapter_bytes: int,
     per_client = {str(k): v for k, v in sorted(strategy.client_privacy.items())}
     summary = build_summary("federated", cfg, run, strategy.final_eval, per_client, mechanism(cfg), seconds,
                             strategy.round_seconds, strategy.rounds_completed, bool(cfg.privacy.enabled))  # fmt: skip
-    summary["fairness"] = {"clients": {str(k): v for k, v in sorted(strategy.client_eval.items())}}
+    clients = {str(k): v for k, v in sorted(strategy.client_eval.items())}
+    fair = strategy.final_fairness
+    summary["fairness"] = fairness_block(fair, clients, run.fairness) if fair is not None else {"clients": clients}
     summary["communication"] = {"adapter_bytes": adapter_bytes, "adapter_parameters": adapter_bytes // 4}
     summary["secure_aggregation"] = secagg_summary(cfg, run, strategy)
     return summary

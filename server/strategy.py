@@ -18,6 +18,7 @@ import numpy as np
 from flwr.common import EvaluateIns, FitIns, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.strategy import FedAvg
 
+from common.fairness_eval import FairnessSums, fairness_block, fairness_row
 from common.metrics.ranking import MetricSums
 from common.progress import RunProgress, round_status
 from common.privacy.ledger import LedgerRow
@@ -62,6 +63,7 @@ class RecommenderFedAvg(FedAvg):
         self.adapter_bytes = num_bytes(parameters_to_ndarrays(self.latest_parameters)) if self.latest_parameters else 0
         self.client_privacy: dict[int, dict] = {}
         self.final_eval: MetricSums | None = None
+        self.final_fairness: FairnessSums | None = None
         self.client_eval: dict[int, dict] = {}
         self.rounds_completed = 0
         self._row: dict = {}
@@ -173,16 +175,26 @@ class RecommenderFedAvg(FedAvg):
     def aggregate_evaluate(self, server_round, results, failures):
         _raise_on_failures("evaluate", server_round, failures)
         total = MetricSums()
+        fair: FairnessSums | None = None
+        round_clients: dict[str, dict] = {}
         for _, r in results:
             m = dict(r.metrics)
             client = MetricSums.from_dict(m)
             self.client_eval[int(m["client_id"])] = {"users": r.num_examples, **client.means()}
+            round_clients[str(int(m["client_id"]))] = self.client_eval[int(m["client_id"])]
             total = total.merge(client)
+            # Group sums and exposure counts add up, so the merged block is the centralized one.
+            client_fair = FairnessSums.from_metrics(m)
+            if client_fair is not None:
+                fair = client_fair if fair is None else fair.merge(client_fair)
         means = total.means()
         self._row.update({f"eval_{k}": v for k, v in means.items()})
         self._row["eval_users"] = total.counts.get("", 0)
+        if fair is not None:
+            self._row.update(fairness_row(fairness_block(fair, round_clients)))
         if server_round == self.num_rounds:
             self.final_eval = total
+            self.final_fairness = fair
         self._end_round()
         return means.get("ndcg@10"), means
 

@@ -24,7 +24,8 @@ import numpy as np
 from omegaconf import DictConfig, open_dict
 
 from common.device import resolve_device
-from common.evaluation import evaluate_scorer, model_scorer
+from common.evaluation import EvaluatedSums, evaluate_scorer, model_scorer
+from common.fairness_eval import FairnessSums, fairness_block
 from common.metrics.ranking import MetricSums
 from common.privacy.accounting import AccountantState
 from common.progress import RunProgress, round_status
@@ -151,16 +152,19 @@ def _train_one_epoch(cfg, run, learners, epoch, epochs, store, progress) -> floa
 
 def evaluate_by_client(
     cfg: DictConfig, run: RunData, scorer_for: Callable[[int], Callable]
-) -> tuple[MetricSums, dict[str, dict]]:
-    """Evaluate each client's users with ``scorer_for(client)``; the total and per-client means
-    in the federated summary's ``fairness.clients`` format."""
-    total, clients = MetricSums(), {}
+) -> tuple[EvaluatedSums, dict[str, dict]]:
+    """Evaluate each client's users with ``scorer_for(client)``; the total (with the merged
+    fairness sums as ``.fairness``, as a federation adds them up) and per-client means in the
+    federated summary's ``fairness.clients`` format."""
+    total, clients, fair = MetricSums(), {}, None
     for c, rows in enumerate(run.partitions):
         sums = evaluate_scorer(scorer_for(c), run.split, rows, cfg.eval.split, cfg.eval.sampled_negatives,
-                               cfg.seed, tuple(cfg.eval.ks))  # fmt: skip
+                               cfg.seed, tuple(cfg.eval.ks), groups=run.fairness)  # fmt: skip
         clients[str(c)] = {"users": int(len(rows)), **sums.means()}
         total = total.merge(sums)
-    return total, clients
+        if sums.fairness is not None:
+            fair = sums.fairness if fair is None else fair.merge(sums.fairness)
+    return EvaluatedSums(total.metrics, total.sums, total.counts, fairness=fair), clients
 
 
 def run_centralized(cfg: DictConfig, run: RunData, store: RunStore, kind: str = "centralized") -> dict:
@@ -212,5 +216,6 @@ def _summary(cfg, run, kind, sums, clients, per_client, seconds, epoch_seconds) 
     mechanism = "dp-sgd (central)" if kind != "local" else "dp-sgd per client, no federation"
     summary = build_summary(kind, cfg, run, sums, per_client, mechanism if per_client else "none", seconds,
                             epoch_seconds, len(epoch_seconds))  # fmt: skip
-    summary["fairness"] = {"clients": clients}
+    fair: FairnessSums | None = getattr(sums, "fairness", None)
+    summary["fairness"] = fairness_block(fair, clients, run.fairness) if fair is not None else {"clients": clients}
     return summary

@@ -274,3 +274,23 @@ def get_item_metric(name: str) -> Callable[[Any, Any], float]:
                          f"{', '.join(f'{n}@K' for n in _ITEM_METRICS)} (K a positive integer)")
     fn, k = _ITEM_METRICS[m.group(1)], int(m.group(2))
     return lambda top_k, item_counts: fn(top_k, np.asarray(item_counts), k)
+
+
+def exposure_metrics(exposure: Any, item_counts: Any = None, head_share: float = 0.2) -> dict[str, float]:
+    """Coverage, long-tail share and exposure Gini from per-item recommendation counts.
+
+    ``exposure[i]`` = in how many top-K lists item i appears. Clients can add these vectors up,
+    so a federation gets the same values as :func:`coverage_at_k`, :func:`long_tail_share` and
+    :func:`exposure_gini` on the pooled lists without any list leaving a client. The long-tail
+    share divides by the filled slots (``sum(exposure)``), which is ``|U| * K`` for full lists;
+    it is left out without ``item_counts``.
+    """
+    e = _counts(exposure, "exposure")
+    total = e.sum()
+    out = {"coverage": float((e > 0).sum() / e.size), "exposure_gini": gini(e)}
+    if item_counts is not None:
+        c = _counts(item_counts, "item_counts")
+        if c.shape != e.shape:
+            raise ValueError(f"item_counts must have one count per item ({e.size}), got {c.size}")
+        out["long_tail_share"] = float(e[~_top_mask(c, head_share)].sum() / total) if total else float("nan")
+    return out
