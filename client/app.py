@@ -43,7 +43,7 @@ from common.task import (
     pooled_plan,
     training_sequences,
 )
-from common.training import train_local, trainable_sequences
+from common.training import mean_loss, train_local, trainable_sequences
 
 log = logging.getLogger("fedrec")
 LEDGER_KEY = "dp_ledger"
@@ -135,6 +135,9 @@ class RecommenderClient(NumPyClient):
             dp = plan.dp
             if self.cfg.privacy.seeded_noise:
                 dp = replace(dp, noise_seed=seed)
+        if self.cfg.strategy.name == "qfedavg":
+            # q-FFL's F_k: the received global model's loss on this client's users.
+            metrics["loss_before"] = mean_loss(model, seqs, self.run.data.num_items, self.cfg.model.num_negatives, seed)
         result = train_local(
             model,
             seqs,

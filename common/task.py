@@ -259,6 +259,7 @@ def check_plans(cfg: DictConfig, run: RunData) -> None:
     """Refuse a bad δ, an unreachable ε, or privacy or secure-aggregation settings that
     cannot work, before any training."""
     check_secagg(cfg)
+    check_strategy(cfg)
     if is_distributed(cfg):
         pooled_plan(cfg, run)
     elif is_central(cfg):
@@ -271,6 +272,21 @@ def check_plans(cfg: DictConfig, run: RunData) -> None:
     elif cfg.privacy.enabled:
         for client in range(run.num_clients):
             federated_plan(cfg, run, client)
+
+
+def check_strategy(cfg: DictConfig) -> None:
+    """q-FedAvg re-weights each client's own update, which secure aggregation hides and the
+    central/distributed DP mechanisms' sensitivity analysis does not cover."""
+    s = cfg.strategy
+    if s.name != "qfedavg":
+        return
+    if not (float(s.q) >= 0 and float(s.qffl_lr) > 0):
+        raise ValueError(f"strategy.q={s.q} must be >= 0 and strategy.qffl_lr={s.qffl_lr} > 0")
+    if cfg.secagg.enabled:
+        raise ValueError("strategy=qfedavg needs each client's update; secagg=secaggplus shows the server only the sum")
+    if is_central(cfg) or is_distributed(cfg):
+        raise ValueError(f"strategy=qfedavg with privacy.noise={cfg.privacy.noise}: its noise is sized for equal "
+                         "client weights; use privacy.noise=local")  # fmt: skip
 
 
 _POOLED: dict = {}

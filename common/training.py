@@ -95,6 +95,22 @@ def user_loss(
     return (nll * valid).sum(1) / valid.sum(1).clamp(min=1.0)
 
 
+@torch.no_grad()
+def mean_loss(model: TextSeqRec, sequences: list[np.ndarray], num_items: int, num_negatives: int, seed: int,
+              batch_size: int = 256) -> float:
+    """The users' mean training loss under ``model`` as it is (no training; fixed negatives):
+    q-FFL's F_k, the loss of the received global model on a client's users."""
+    seqs = trainable_sequences(sequences)
+    if not seqs:
+        return float("nan")
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    losses = [user_loss(model, seqs[i : i + batch_size], model.max_len, num_items, num_negatives, gen, device)
+              for i in range(0, len(seqs), batch_size)]  # fmt: skip
+    return float(torch.cat(losses).mean())
+
+
 def train_local(
     model: TextSeqRec,
     sequences: list[np.ndarray],

@@ -67,6 +67,7 @@ def main(grid: Grid, context: Context) -> None:
     strategy = RecommenderFedAvg(
         store=store,
         server_ledger=central_ledger(cfg, central) if central is not None else None,
+        qffl=(float(s.q), 1.0 / float(s.qffl_lr)) if s.name == "qfedavg" else None,
         num_rounds=s.num_rounds,
         evaluate_every=s.evaluate_every,
         tolerate_dropouts=bool(cfg.secagg.enabled),

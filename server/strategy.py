@@ -20,6 +20,7 @@ from flwr.server.strategy import FedAvg
 
 from common.fairness_eval import FairnessSums, fairness_block, fairness_row
 from common.metrics.ranking import MetricSums
+from common.qffl import qffl_step
 from common.progress import RunProgress, round_status
 from common.privacy.ledger import LedgerRow
 from common.run_store import RunStore
@@ -41,9 +42,12 @@ class RecommenderFedAvg(FedAvg):
         gradient_scale: float = 1.0,
         progress: RunProgress | None = None,
         server_ledger=None,
+        qffl: tuple[float, float] | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        # q-FedAvg: (q, L); the step weights each client's update by its pre-training loss^q.
+        self.qffl = qffl
         # DP-FedAvg: the server's own accountant, a ledger row per round started.
         self.server_ledger = server_ledger
         self.progress = progress or RunProgress(0)
@@ -101,7 +105,15 @@ class RecommenderFedAvg(FedAvg):
                         server_round, r.metrics["client_id"], r.metrics.get("budget_epsilon"), r.metrics["epsilon"])  # fmt: skip
         trained = [(c, r) for c, r in results if not r.metrics.get("budget_refused")]
         mean_update = None
-        if trained:
+        if trained and self.qffl is not None:
+            old = parameters_to_ndarrays(self.latest_parameters)
+            usable = [r for _, r in trained if np.isfinite(r.metrics.get("loss_before", np.nan))]
+            models = [[w.astype(np.float64) + u for w, u in zip(old, parameters_to_ndarrays(r.parameters))]
+                      for r in usable]  # fmt: skip
+            losses = [float(r.metrics["loss_before"]) for r in usable]
+            if usable:
+                self.latest_parameters = ndarrays_to_parameters(qffl_step(old, models, losses, *self.qffl))
+        elif trained:
             mean_update, _ = super().aggregate_fit(server_round, trained, [])
         if mean_update is not None:
             mean = parameters_to_ndarrays(mean_update)

@@ -51,8 +51,8 @@ def _absolute(override: str) -> str:
 def execute(cfg: DictConfig, task_overrides: list[str], out: Path) -> dict:
     if cfg.baseline is not None and cfg.baseline not in BASELINES:
         raise ValueError(f"baseline={cfg.baseline!r}: known baselines are {', '.join(BASELINES)}")
-    if cfg.strategy.name != "fedavg":
-        raise ValueError(f"strategy={cfg.strategy.name!r}: only fedavg is available")
+    if cfg.strategy.name not in ("fedavg", "qfedavg"):
+        raise ValueError(f"strategy={cfg.strategy.name!r}: known strategies are fedavg, qfedavg")
     store = RunStore(out)
     store.start(cfg)
     run = load_run_data(cfg)  # also encodes item text once, so clients find it cached

@@ -1,0 +1,58 @@
+"""strategy=qfedavg: clients report their pre-training loss, the server takes the q-FFL step."""
+
+import json
+
+import numpy as np
+import pytest
+from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
+
+from common.config import compose
+from common.qffl import qffl_step
+from common.run_store import RunStore
+from common.task import check_strategy
+from server.strategy import RecommenderFedAvg
+from tests.test_simulation import SMALL, run_cli
+
+
+def fit_res(update, loss_before, cid):
+    return FitRes(Status(Code.OK, ""), ndarrays_to_parameters(update), 10,
+                  {"client_id": cid, "num_users": 10, "train_loss": 1.0, "loss_before": loss_before})  # fmt: skip
+
+
+def test_the_server_takes_the_qffl_step_on_the_clients_models(tmp_path):
+    old = [np.array([0.5, -1.0], dtype=np.float32), np.array([[2.0]], dtype=np.float32)]
+    updates = [[np.array([1.0, 0.0], dtype=np.float32), np.array([[0.5]], dtype=np.float32)],
+               [np.array([-1.0, 2.0], dtype=np.float32), np.array([[0.0]], dtype=np.float32)]]  # fmt: skip
+    strategy = RecommenderFedAvg(store=RunStore(tmp_path), num_rounds=1, evaluate_every=0, qffl=(2.0, 10.0),
+                                 initial_parameters=ndarrays_to_parameters(old))  # fmt: skip
+    strategy._row = {"round": 1, "clients": 2}
+    results = [(None, fit_res(updates[0], 4.0, 0)), (None, fit_res(updates[1], 1.0, 1))]
+    params, _ = strategy.aggregate_fit(1, results, [])
+    got = parameters_to_ndarrays(params)
+    models = [[w.astype(np.float64) + u for w, u in zip(old, up)] for up in updates]
+    want = qffl_step(old, models, [4.0, 1.0], 2.0, 10.0)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-6)
+        assert g.dtype == np.float32
+    # Not the plain weighted mean: the higher-loss client pulls harder.
+    plain = [o + (a + b) / 2 for o, a, b in zip(old, *updates)]
+    assert not np.allclose(got[0], plain[0])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["secagg=secaggplus"], "secagg"),
+    (["privacy.noise=central"], "privacy.noise=central"),
+    (["strategy.q=-1"], "strategy.q=-1"),
+])  # fmt: skip
+def test_qfedavg_refuses_what_hides_or_mis_sizes_per_client_updates(extra, message):
+    with pytest.raises(ValueError, match=message):
+        check_strategy(compose(["strategy=qfedavg", *extra]))
+
+
+@pytest.mark.slow
+def test_a_qfedavg_run_completes_with_clients_losses(tmp_path):
+    proc = run_cli(tmp_path, *SMALL, "strategy=qfedavg", "strategy.num_rounds=2", "privacy=none")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert 0 < summary["metrics"]["full"]["hr@10"] <= 1
+    assert "client_distribution" in summary["fairness"]
