@@ -5,12 +5,13 @@ A run is any folder holding ``config.yaml``; it is complete when it also holds
 
 - ``results.csv``: one row per run (complete and incomplete): label, setting, seed, ε spent,
   δ, full-ranking NDCG@10 / HR@10 / MRR, sampled NDCG@10, timing, bytes per client per round,
-  per-client spread of the chosen metric;
-- ``report.md`` and ``report.html`` (the same content): a table of the complete runs, the
-  means over seeds, the incomplete runs, and the plots with one-line captions;
+  per-client spread of the chosen metric, fairness (:mod:`simulations.report_fairness`);
+- ``report.md`` and ``report.html`` (the same content): a table of the complete runs, their
+  fairness, the means over seeds, the incomplete runs, and the plots with one-line captions;
 - ``plots/utility_vs_epsilon.png`` (metric vs ε spent, one line per setting),
   ``plots/metric_per_round.png`` (training loss and metric per round),
-  ``plots/per_client.png`` (the metric over each run's clients).
+  ``plots/per_client.png`` (the metric over each run's clients),
+  ``plots/group_ndcg_vs_epsilon.png`` (NDCG@10 of the activity groups vs ε spent).
 
 A run's *label* is its kind plus the config keys whose values differ between the runs; its
 *group* is the label without ``seed`` (seeds are averaged); its *setting* is the group without
@@ -28,6 +29,7 @@ import os
 import statistics
 import sys
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,18 +246,20 @@ class Group:
         return statistics.fmean(self.values)
 
 
-def group_runs(runs: list[Run], metric: str) -> list[Group]:
-    """Complete runs reporting ``metric``, grouped by label without the seed, by setting and ε."""
+def group_runs(runs: list[Run], metric: str | Callable[[Run], float | None]) -> list[Group]:
+    """Complete runs reporting ``metric`` (a name, or Run -> value or None), grouped by label
+    without the seed, by setting and ε."""
+    value = metric if callable(metric) else lambda run: run.metric(metric)
     groups: dict[str, list[Run]] = {}
     for run in runs:
-        if run.complete and run.metric(metric) is not None:
+        if run.complete and value(run) is not None:
             groups.setdefault(run.group, []).append(run)
     out = []
     for name, members in groups.items():
         eps = [r.epsilon for r in members]
         known = [e for e in eps if e is not None]
         epsilon = None if not known else (math.inf if math.inf in known else statistics.fmean(known))
-        values = [v for v in (r.metric(metric) for r in members) if v is not None]
+        values = [v for v in map(value, members) if v is not None]
         out.append(Group(name, members[0].setting, members[0].kind, epsilon, values))
     return sorted(out, key=lambda g: (g.setting, g.epsilon is None, g.epsilon or 0.0))
 
@@ -267,6 +271,8 @@ def _csv_num(value: Any) -> str:
 
 
 def csv_rows(runs: list[Run], metric: str) -> list[dict[str, str]]:
+    from simulations.report_fairness import fairness_values
+
     metrics = list(dict.fromkeys([*FIXED_METRICS, metric]))
     out = []
     for run in runs:
@@ -287,7 +293,7 @@ def csv_rows(runs: list[Run], metric: str) -> list[dict[str, str]]:
             "bytes_down_per_client_per_round": run.row_mean("bytes_down_per_client"),
             f"client_{metric}_min": min(clients) if clients else None,
             f"client_{metric}_mean": statistics.fmean(clients) if clients else None,
-            f"client_{metric}_max": max(clients) if clients else None,
+            f"client_{metric}_max": max(clients) if clients else None, **fairness_values(run),
         }  # fmt: skip
         out.append({k: _csv_num(v) for k, v in row.items()})
     return out
@@ -316,7 +322,8 @@ def build_report(root: Path, out: Path | None = None, metric: str = "ndcg@10") -
     plots: dict[str, str | None] = {}
     for name, draw in (("utility_vs_epsilon", report_plots.utility_vs_epsilon),
                        ("metric_per_round", report_plots.metric_per_round),
-                       ("per_client", report_plots.per_client)):  # fmt: skip
+                       ("per_client", report_plots.per_client),
+                       ("group_ndcg_vs_epsilon", report_plots.group_ndcg_vs_epsilon)):  # fmt: skip
         path = out / "plots" / f"{name}.png"
         plots[name] = draw(runs, groups, metric, path)
         if plots[name] is None:

@@ -51,6 +51,9 @@ def build_blocks(
             "-" if up is None and down is None else f"{_mb(up)} / {_mb(down)}",
         ])  # fmt: skip
     blocks += [("h2", "Runs"), ("table", (head, table))] if table else [("p", "No run has completed.")]
+    from simulations.report_fairness import fairness_blocks  # it formats cells with _fmt above
+
+    blocks += fairness_blocks(runs)
     seeded = [g for g in groups if len(g.values) > 1]
     if seeded:
         blocks += [("h2", f"Mean over seeds ({display_name(metric)})"), ("table", (
@@ -73,6 +76,11 @@ def build_blocks(
                              "per round for the runs evaluated at more than one round."),
         "per_client": (f"per-client {m}", f"{m} of each client's own users, one box per run (dots = clients, "
                        "diamond = the run's result over all users)."),
+        "group_ndcg_vs_epsilon": ("NDCG@10 of the activity groups vs ε", "Left: NDCG@10 (full ranking) of the "
+                                  "advantaged (solid) and disadvantaged (dashed) users against the ε spent, one colour "
+                                  "per setting (mean over seeds, bars = min–max). Right: each group's NDCG@10 relative "
+                                  "to its own value without DP in the same setting (DP's disparate impact, "
+                                  "Bagdasaryan et al. 2019); below 1 = lost to DP."),
     }  # fmt: skip
     for name, (alt, caption) in captions.items():
         skipped = plots.get(name)

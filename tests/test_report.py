@@ -13,10 +13,12 @@ import matplotlib.image
 import pytest
 import yaml
 
+from common.metrics.fairness import client_distribution
 from simulations import cli, report
+from simulations.report_fairness import column
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PLOTS = ("utility_vs_epsilon", "metric_per_round", "per_client")
+PLOTS = ("utility_vs_epsilon", "metric_per_round", "per_client", "group_ndcg_vs_epsilon")
 
 BASE = {
     "seed": 0, "baseline": None, "device": "auto", "output_dir": "/somewhere", "cache_dir": None,
@@ -37,6 +39,28 @@ def ndcg_of(scheme: str, eps: float, seed: int) -> float:
     """The made-up result of a federated run: better with more ε, iid better than dirichlet."""
     base = 0.12 if scheme == "iid" else 0.09
     return base - (0.04 / eps if math.isfinite(eps) else 0.0) + 0.006 * seed
+
+
+def fairness_of(scheme: str, eps: float, seed: int) -> dict:
+    """The made-up fairness block of a federated run (shape of common.fairness_eval.fairness_block):
+    DP costs the disadvantaged users more; age is the attribute with the larger gap."""
+    ndcg = ndcg_of(scheme, eps, seed)
+    adv, dis = ndcg + 0.05, ndcg - (0.02 / eps if math.isfinite(eps) else 0.0)
+    group = lambda v, users: {"ndcg@10": v, "hr@10": 2 * v, "users": users}  # noqa: E731
+    clients = [ndcg + 0.01 * (c - 4.5) for c in range(10)]
+    return {
+        "users": {
+            "activity": {"advantaged": group(adv, 30), "disadvantaged": group(dis, 570),
+                         "gap": {"ndcg@10": adv - dis, "hr@10": 2 * (adv - dis)}, "threshold": 38, "top_share": 0.05},
+            "gender": {"best": "M", "worst": "F", "gap": {"ndcg@10": 0.01 + 0.001 * seed, "hr@10": 0.02},
+                       "groups": {"F": group(ndcg - 0.005, 290), "M": group(ndcg + 0.005, 310)}},
+            "age": {"best": "25-34", "worst": "56+", "gap": {"ndcg@10": 0.03 + 0.001 * seed, "hr@10": 0.05},
+                    "groups": {"56+": group(ndcg - 0.02, 40), "25-34": group(ndcg + 0.01, 560)}},
+        },
+        "clients": {str(c): {"users": 60, "ndcg@10": v, "hr@10": 0.2} for c, v in enumerate(clients)},
+        "client_distribution": client_distribution(clients),
+        "items": {"coverage@10": 0.3 + 0.01 * seed, "exposure_gini@10": 0.8 - ndcg, "long_tail_share@10": ndcg / 2},
+    }  # fmt: skip
 
 
 def write_run(folder: Path, config: dict, summary: dict | None, rows: list[dict]) -> None:
@@ -65,7 +89,6 @@ def federated(folder: Path, scheme: str, eps: float, seed: int) -> None:
     rows = [{"round": r, "train_loss": 4.5 - 0.1 * r, "epsilon_max": spent and spent * r / 3, "seconds": 2.0,
              "bytes_up_per_client": 1000 * r, "bytes_down_per_client": 2000, "clients": 10, "clients_ok": 10,
              "eval_ndcg@10": ndcg - 0.01 * (3 - r)} for r in (1, 2, 3)]  # fmt: skip
-    clients = {str(c): {"users": 60, "ndcg@10": ndcg + 0.01 * (c - 4.5), "hr@10": 0.2} for c in range(10)}
     summary = {
         "kind": "federated",
         "metrics": {"full": {"ndcg@10": ndcg, "hr@10": 2 * ndcg, "mrr": ndcg * 0.9}, "sampled": {"ndcg@10": 0.3}},
@@ -74,7 +97,7 @@ def federated(folder: Path, scheme: str, eps: float, seed: int) -> None:
                     "mechanism": "dp-sgd per client (local noise)" if private else "none", "per_client": {}},
         "timing": {"seconds_total": 6.5, "seconds_per_round": 2.0, "rounds": 3},
         "communication": {"adapter_bytes": 247872},
-        "fairness": {"clients": clients},
+        "fairness": fairness_of(scheme, eps, seed),
         "data": {"dataset": "synthetic", "users": 600, "items": 400, "clients": 10},
     }  # fmt: skip
     write_run(folder, config, summary, rows)
@@ -220,7 +243,22 @@ def test_old_or_partial_summaries_give_dashes(tmp_path, capsys):
     assert report.main([str(tmp_path)]) == 0
     row = next(csv.DictReader((tmp_path / "results.csv").open()))
     assert row["status"] == "complete" and row["ndcg@10"] == "" and row["epsilon"] == ""
-    assert "per_client.png not drawn" in (tmp_path / "report.md").read_text()
+    assert row["activity_adv_ndcg@10"] == "" and row["coverage@10"] == "" and row["worst_attribute"] == ""
+    md = (tmp_path / "report.md").read_text()
+    assert "per_client.png not drawn" in md and "group_ndcg_vs_epsilon.png not drawn" in md
+
+
+def test_fairness_block_with_an_empty_group_or_odd_entries_gives_dashes(tmp_path):
+    block = {"users": {"activity": {"advantaged": {"ndcg@10": math.nan, "users": 0}, "disadvantaged": {"ndcg@10": 0.1},
+                                    "gap": {"ndcg@10": math.nan}},
+                       "gender": {"gap": None}, "age": "?"}, "items": {"coverage@10": 0.5}}  # fmt: skip
+    write_run(tmp_path / "r", BASE, {"kind": "federated", "metrics": {"full": {"ndcg@10": 0.1}}, "fairness": block}, [])
+    assert report.main([str(tmp_path)]) == 0
+    row = next(csv.DictReader((tmp_path / "results.csv").open()))
+    assert row["activity_adv_ndcg@10"] == "" and row["activity_dis_ndcg@10"] == "0.1" and row["coverage@10"] == "0.5"
+    assert row["worst_attribute"] == "" and row["clients_gini_ndcg@10"] == ""
+    cells = next(iter(fairness_table((tmp_path / "report.md").read_text()).values()))
+    assert cells[1:] == ["-", "0.1000", "-", "-", "-", "-", "0.5000", "-", "-"]
 
 
 def test_a_folder_of_links_gathers_sweeps_once_each(tmp_path):
@@ -236,3 +274,84 @@ def test_a_folder_of_links_gathers_sweeps_once_each(tmp_path):
     (gather / "b").symlink_to(tmp_path / "sweeps" / "b")
     (gather / "loop").symlink_to(gather)
     assert sorted(r.config["baseline"] for r in find_runs(gather)) == ["a", "b"]
+
+
+FAIR_COLUMNS = ("activity_adv_ndcg@10", "activity_dis_ndcg@10", "activity_gap_ndcg@10", "worst_attribute",
+                "worst_attribute_gap_ndcg@10", "clients_worst10_ndcg@10", "clients_gini_ndcg@10", "coverage@10",
+                "long_tail_share@10", "exposure_gini@10")  # fmt: skip
+
+
+def expected_fairness(scheme: str, eps: float, seed: int) -> dict:
+    """The report's fairness columns of a fixture run, computed here from the fixture's formulas."""
+    ndcg = ndcg_of(scheme, eps, seed)
+    adv, dis = ndcg + 0.05, ndcg - (0.02 / eps if math.isfinite(eps) else 0.0)
+    clients = sorted(ndcg + 0.01 * (c - 4.5) for c in range(10))
+    mean = sum(clients) / 10
+    gini = sum(abs(a - b) for a in clients for b in clients) / (2 * 10**2 * mean)
+    return {"activity_adv_ndcg@10": adv, "activity_dis_ndcg@10": dis, "activity_gap_ndcg@10": adv - dis,
+            "worst_attribute": "age", "worst_attribute_gap_ndcg@10": 0.03 + 0.001 * seed,
+            "clients_worst10_ndcg@10": clients[0],  # ceil(10 % of 10 clients) = the worst one
+            "clients_gini_ndcg@10": gini, "coverage@10": 0.3 + 0.01 * seed, "long_tail_share@10": ndcg / 2,
+            "exposure_gini@10": 0.8 - ndcg}  # fmt: skip
+
+
+def fairness_table(md: str) -> dict[str, list[str]]:
+    section = md.split("## Fairness")[1].split("\n## ")[0]
+    rows = [line.strip("| ").split(" | ") for line in section.splitlines() if line.startswith("| ")]
+    assert rows[0][:3] == ["run", "ε", "NDCG@10 advantaged"]
+    return {row[0]: row[1:] for row in rows[1:]}
+
+
+def test_fairness_columns_and_table_carry_each_runs_values(built):
+    root, rows = built
+    md = (root / "report.md").read_text()
+    table = fairness_table(md)
+    assert "top 5 % most active" in md and "Li et al." in md and "80 % least-interacted" in md
+    assert md.index("## Runs") < md.index("## Fairness") < md.index("## Mean over seeds")
+    for name, (scheme, eps, seed) in EXPECTED.items():
+        want, row = expected_fairness(scheme, eps, seed), rows[name]
+        assert row["worst_attribute"] == "age"
+        for key in FAIR_COLUMNS:
+            if key != "worst_attribute":
+                assert float(row[key]) == pytest.approx(want[key], abs=1e-12), (name, key)
+        cells = table[row["label"]]
+        assert cells[0] == ("∞" if math.isinf(eps) else f"{eps * 0.999:.2f}")
+        shown = [float(c) for c in cells[1:4] + cells[5:]]  # 4 decimals: within half a unit of the last
+        assert shown == pytest.approx([want[k] for k in FAIR_COLUMNS[:3] + FAIR_COLUMNS[5:]], abs=5.01e-5)
+        assert all(len(c.split(".")[1]) == 4 for c in cells[1:4] + cells[5:])
+        assert cells[4] == f"age {want['worst_attribute_gap_ndcg@10']:.4f}"
+    # The popularity run's summary has an empty fairness block: dashes and empty CSV cells.
+    assert table[rows["pop"]["label"]] == ["∞", *["-"] * 9]
+    assert all(rows["pop"][k] == "" for k in FAIR_COLUMNS)
+    assert rows["sweep/crashed"]["activity_adv_ndcg@10"] == ""  # incomplete: in the CSV, not in the table
+    assert rows["sweep/crashed"]["label"] not in table
+
+
+def test_group_ndcg_plot_averages_seeds_per_setting_and_has_the_relative_panel(built):
+    root, _ = built
+    runs = report.find_runs(root)
+    report.assign_labels(runs)
+    # The plot's points: the shared grouping with the fairness value in place of the metric.
+    groups = {g.name: g for g in report.group_runs(runs, column("activity_dis_ndcg@10"))}
+    iid4 = groups["federated privacy.epsilon=4 partition.scheme=iid"]
+    assert iid4.mean == pytest.approx(sum(expected_fairness("iid", 4.0, s)["activity_dis_ndcg@10"] for s in (0, 1)) / 2)
+    assert "popularity partition.scheme=iid" not in groups  # no activity groups in its summary
+    image = matplotlib.image.imread(root / "plots" / "group_ndcg_vs_epsilon.png")
+    assert image.shape[1] > 1400  # two panels: every setting has an ε = ∞ run to compare with
+    caption = (root / "report.md").read_text().split("](plots/group_ndcg_vs_epsilon.png)")[1]
+    assert "disadvantaged (dashed)" in caption and "Bagdasaryan" in caption
+
+
+def test_group_ndcg_plot_is_skipped_without_activity_groups(tmp_path):
+    old = copy.deepcopy(BASE)
+    for eps in (1.0, 8.0):
+        old["privacy"]["epsilon"] = eps
+        summary = {"kind": "federated", "metrics": {"full": {"ndcg@10": 0.1}},
+                   "privacy": {"enabled": True, "epsilon_max": eps}, "fairness": {"clients": {"0": {"ndcg@10": 0.1}}}}
+        write_run(tmp_path / f"eps{eps:g}", old, summary, [])  # fmt: skip
+    assert report.main([str(tmp_path)]) == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "group_ndcg_vs_epsilon.png not drawn: no run reports NDCG@10 per activity group" in md
+    assert not (tmp_path / "plots" / "group_ndcg_vs_epsilon.png").exists()
+    assert (tmp_path / "plots" / "utility_vs_epsilon.png").is_file()
+    assert "No run's summary.json has a fairness block" in md.split("## Fairness")[1]
