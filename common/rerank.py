@@ -47,22 +47,10 @@ sees a test item. What to pass, in fedrec's leave-one-out protocol:
 
 Method: Lagrangian relaxation of the one group constraint (no solver)
 --------------------------------------------------------------------
-With one multiplier ``lam >= 0`` on ``sigma * gap <= epsilon`` (``sigma`` = sign of the gap
-before re-ranking), the problem splits into one independent problem per user,
-
-.. math:: \max_{|W_i| = K} \sum_j W_{ij} S_{ij} - \lambda \sigma c_i F_i(W_i),
-          \qquad c_i = 1/|A| \;(i \in A), \;\; -1/|D| \;(i \in D),
-
-solved exactly: for the linear metrics (``f1``, ``recall``, ``precision``) by taking the K
-largest adjusted scores, for ``ndcg`` (position-dependent) by a dynamic program over (candidate,
-position) in score order. ``sigma * gap`` of the per-user optima is non-increasing in ``lam``, so
-bisection finds the smallest feasible ``lam``; for the linear metrics the dual bound there
-equals the LP relaxation's optimum (whose solution has at most one fractional user). Integer
-answer: each user gets a menu of options (the original list, the two solutions either side of
-the breakpoint, and their own per-user optimum over a grid of multipliers in both directions);
-starting from each side of the breakpoint, greedy one-user moves from the menus first enter the
-band (the best-scoring move that lands in it, else the move closing the most gap per unit of
-score) and then take score-improving moves that stay in it. Guarantees:
+:mod:`common.rerank_lagrangian` relaxes the constraint with one multiplier, solves the resulting
+per-user problems exactly (top-K by adjusted score, or a dynamic program for ``ndcg``), bisects
+to the breakpoint multiplier, gives each user a menu of options and rounds to an integer answer
+by greedy one-user moves between them. Guarantees:
 
 - always K distinct items per user, all from that user's candidates; the original top-K when
   ``|gap| <= epsilon`` already;
@@ -95,11 +83,9 @@ from typing import Any
 import numpy as np
 
 from common.metrics.fairness import group_gap
-
-METRICS = ("ndcg", "f1", "recall", "precision")
-_GRID = np.geomspace(2.0**-10, 2.0**30, 81)  # multipliers (times lam_hi) of the per-user menu
-_MAX_DOUBLINGS = 200
-_MAX_BISECTIONS = 200
+from common.rerank_lagrangian import METRICS as METRICS
+from common.rerank_lagrangian import Instance, _discount, _normaliser, lagrangian_menus, repair
+from common.rerank_lagrangian import _oracle as _oracle  # re-exported (tests use it)
 
 
 @dataclass(frozen=True)
@@ -165,74 +151,6 @@ def _advantaged(advantaged: Any, n: int) -> np.ndarray:
     return a
 
 
-def _normaliser(metric: str, n_relevant: Any, n: int, k: int) -> np.ndarray:
-    """Per-user Z_i with F_i = sum_j W_ij r_ij g_ij / Z_i (g = position discount for ndcg)."""
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
-    nr = np.broadcast_to(np.asarray(n_relevant, dtype=np.float64), (n,))
-    if not np.isfinite(nr).all() or (nr <= 0).any():
-        raise ValueError("n_relevant must be positive (relevant items per user; 1 = leave-one-out)")
-    if metric == "ndcg":
-        if (nr != np.round(nr)).any():
-            raise ValueError("n_relevant must be a whole number for ndcg (it sets the ideal DCG)")
-        idcg = np.cumsum(_discount(k))
-        return idcg[np.minimum(nr.astype(np.int64), k) - 1]
-    if metric == "recall":
-        return nr.copy()
-    if metric == "precision":
-        return np.full(n, float(k))
-    return (nr + k) / 2.0  # f1 = 2 hits / (n_relevant + K)
-
-
-def _discount(k: int) -> np.ndarray:
-    return 1.0 / np.log2(np.arange(k, dtype=np.float64) + 2.0)
-
-
-# --- per-user quality and the per-user Lagrangian oracle --------------------------------------
-
-
-def _quality(sel: np.ndarray, rel: np.ndarray, z: np.ndarray, metric: str, k: int) -> np.ndarray:
-    """F_i of each user's selection (selected candidates listed in candidate order)."""
-    if metric == "ndcg":
-        pos = np.cumsum(sel, axis=1) - 1
-        gain = np.where(sel, rel * _discount(k)[np.clip(pos, 0, k - 1)], 0.0)
-    else:
-        gain = np.where(sel, rel, 0.0)
-    return gain.sum(axis=1) / z
-
-
-def _oracle(s: np.ndarray, rel: np.ndarray, mu: np.ndarray, metric: str, k: int) -> np.ndarray:
-    """Per user, the K candidates maximising sum_j (S_ij + mu_i r_ij g_ij), exactly.
-
-    Ties go to the earlier candidate, so ``mu = 0`` gives the first K columns.
-    """
-    users, n = s.shape
-    if metric != "ndcg":
-        top = np.argsort(-(s + mu[:, None] * rel), axis=1, kind="stable")[:, :k]
-        sel = np.zeros((users, n), dtype=bool)
-        np.put_along_axis(sel, top, True, axis=1)
-        return sel
-    # DP over candidates in score order: best[:, p] = best value with p candidates taken so far.
-    # Taking candidate j as the (p+1)-th item earns S_j + mu r_j / log2(p + 2).
-    disc = _discount(k)
-    best = np.full((users, k + 1), -np.inf)
-    best[:, 0] = 0.0
-    took = np.zeros((n, users, k + 1), dtype=bool)
-    for j in range(n):
-        take = best[:, :k] + s[:, j, None] + (mu * rel[:, j])[:, None] * disc
-        better = take >= best[:, 1:]  # ties: take the earlier candidate
-        took[j, :, 1:] = better
-        best[:, 1:] = np.where(better, take, best[:, 1:])
-    sel = np.zeros((users, n), dtype=bool)
-    p = np.full(users, k)
-    rows = np.arange(users)
-    for j in range(n - 1, -1, -1):
-        t = took[j, rows, p] & (p > 0)
-        sel[:, j] = t
-        p = p - t
-    return sel
-
-
 # --- the solver --------------------------------------------------------------------------------
 
 
@@ -270,14 +188,11 @@ def ugf_solve(
         raise ValueError(f"epsilon must be a non-negative number, got {epsilon!r}")
     z = _normaliser(metric, n_relevant, users, k)
     c = np.where(adv, 1.0 / adv.sum(), -1.0 / (~adv).sum())
-
-    def evaluate(sel: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        f = _quality(sel, rel, z, metric, k)
-        return f, np.where(sel, s, 0.0).sum(axis=1), float(c @ f)
+    inst = Instance(s, rel, z, c, metric, k)
 
     sel0 = np.zeros((users, n), dtype=bool)
     sel0[:, :k] = True
-    f0, u0, gap0 = evaluate(sel0)
+    f0, u0, gap0 = inst.evaluate(sel0)
     score0 = float(u0.sum())
 
     def result(sel: np.ndarray, gap: float, score: float, ok: bool, ub: float, lam: float):
@@ -288,118 +203,25 @@ def ugf_solve(
     if abs(gap0) <= eps:
         return result(sel0, gap0, score0, True, score0, 0.0)
 
-    sigma = 1.0 if gap0 > 0 else -1.0
-    weight = -sigma * c / z  # mu_i = lam * weight_i
+    menus = lagrangian_menus(inst, eps, (sel0, f0, u0, gap0))
+    if not menus.reached:  # even the gap-minimising lists do not reach epsilon
+        sel = menus.sel[0]
+        f, u, gap = inst.evaluate(sel)
+        return result(sel, gap, float(u.sum()), False, menus.upper, menus.lam)
 
-    def solve(lam: float):
-        sel = _oracle(s, rel, lam * weight, metric, k)
-        f, u, gap = evaluate(sel)
-        return sel, f, u, gap
-
-    # Weak duality: any lam >= 0 bounds every feasible answer's score.
-    upper = score0  # lam = 0
-    lo = (0.0, sel0, f0, u0, gap0)
-
-    def bound(lam: float, u: np.ndarray, gap: float) -> float:
-        return float(u.sum()) - lam * (sigma * gap - eps)
-
-    # Find lam_hi with sigma * gap <= eps by doubling from a scale where the two terms compare.
-    spread = float(np.median(np.ptp(s, axis=1)))
-    lam = max(spread, 1e-12) / float(np.abs(weight).max()) * 1e-3
-    hi = None
-    for _ in range(_MAX_DOUBLINGS):
-        sel, f, u, gap = solve(lam)
-        upper = min(upper, bound(lam, u, gap))
-        if sigma * gap <= eps:
-            hi = (lam, sel, f, u, gap)
-            break
-        lo = (lam, sel, f, u, gap)
-        lam *= 2.0
-    if hi is None:  # even the gap-minimising lists do not reach epsilon
-        lam_, sel, f, u, gap = lo
-        return result(sel, gap, float(u.sum()), False, upper, lam_)
-
-    # Bisect to the breakpoint: below it infeasible, above it feasible.
-    for _ in range(_MAX_BISECTIONS):
-        if (lo[1] != hi[1]).any(axis=1).sum() <= 1:
-            break
-        mid = 0.5 * (lo[0] + hi[0])
-        if mid <= lo[0] or mid >= hi[0]:
-            break
-        sel, f, u, gap = solve(mid)
-        upper = min(upper, bound(mid, u, gap))
-        if sigma * gap <= eps:
-            hi = (mid, sel, f, u, gap)
-        else:
-            lo = (mid, sel, f, u, gap)
-
-    lam_lo, sel_lo, f_lo, u_lo, gap_lo = lo
-    lam_hi, sel_hi, f_hi, u_hi, gap_hi = hi
-    # The dual is smallest where the lower and upper solutions' Lagrangians cross; for the
-    # linear metrics the bound there equals the LP relaxation's optimum.
-    if sigma * (gap_lo - gap_hi) > 0:
-        cross = float(u_lo.sum() - u_hi.sum()) / (sigma * (gap_lo - gap_hi))
-        if lam_lo <= cross <= lam_hi:
-            _, _, u_x, gap_x = solve(cross)
-            upper = min(upper, bound(cross, u_x, gap_x))
-    # Menu of per-user options: the original list, the two breakpoint solutions, and each
-    # user's per-user optimum over a grid of multipliers in both directions (the negative ones
-    # raise the gap back when a move overshoots the band).
-    menu_sel, menu_f, menu_u = [sel0, sel_lo, sel_hi], [f0, f_lo, f_hi], [u0, u_lo, u_hi]
-    for g in lam_hi * np.concatenate([_GRID, -_GRID]):
-        sel_g, f_g, u_g, gap_g = solve(g)
-        if g > 0:
-            upper = min(upper, bound(g, u_g, gap_g))
-        else:  # weak duality for the other side, sigma * gap >= -epsilon
-            upper = min(upper, float(u_g.sum()) - g * (sigma * gap_g + eps))
-        menu_sel.append(sel_g)
-        menu_f.append(f_g)
-        menu_u.append(u_g)
-    sel_m, f_m, u_m = np.stack(menu_sel), np.stack(menu_f), np.stack(menu_u)  # [M, users, ...]
     rows = np.arange(users)
-    tol = 1e-12 * max(1.0, float(np.abs(u_m).max()))
-
-    def repair(idx: np.ndarray) -> np.ndarray:
-        """Greedy one-user moves from the menu: into the band at the best score if one move
-        can; else the move closing the most violation per unit of score; then, once feasible,
-        score-improving moves that stay feasible."""
-        for _ in range(4 * users + 4):
-            f, u = f_m[idx, rows], u_m[idx, rows]
-            gap = float(c @ f)
-            new_gap = gap + c * (f_m - f)  # [M, users]
-            gain = u_m - u
-            fits = np.abs(new_gap) <= eps
-            viol = abs(gap) - eps
-            if viol > 0:
-                if fits.any():
-                    m, i = np.unravel_index(np.argmax(np.where(fits, gain, -np.inf)), fits.shape)
-                else:
-                    closed = viol - (np.abs(new_gap) - eps)
-                    rate = np.where(closed > 1e-15, closed / np.maximum(-gain, tol), -np.inf)
-                    m, i = np.unravel_index(np.argmax(rate), rate.shape)
-                    if not np.isfinite(rate[m, i]):
-                        return idx  # stuck: no move reduces the violation
-            else:
-                better = np.where(fits & (gain > tol), gain, -np.inf)
-                m, i = np.unravel_index(np.argmax(better), better.shape)
-                if not np.isfinite(better[m, i]):
-                    return idx
-            idx = idx.copy()
-            idx[i] = m
-        return idx
-
-    found = []
+    found = []  # from each side of the breakpoint: menu options 1 and 2
     for start in (np.ones(users, dtype=np.int64), np.full(users, 2, dtype=np.int64)):
-        sel = sel_m[repair(start), rows]
-        f, u, gap = evaluate(sel)
+        sel = menus.sel[repair(start, menus, c, eps), rows]
+        f, u, gap = inst.evaluate(sel)
         found.append((sel, gap, float(u.sum())))
     feasible = [o for o in found if abs(o[1]) <= eps]
     if feasible:
         sel, gap, score = max(feasible, key=lambda o: o[2])
-        return result(sel, gap, score, True, max(upper, score), lam_hi)
+        return result(sel, gap, score, True, max(menus.upper, score), menus.lam)
     # Nothing fits (e.g. epsilon = 0 with graded relevance): the smallest violation.
     sel, gap, score = min(found, key=lambda o: (abs(o[1]) - eps, -o[2]))
-    return result(sel, gap, score, False, upper, lam_hi)
+    return result(sel, gap, score, False, menus.upper, menus.lam)
 
 
 def ugf_rerank(
