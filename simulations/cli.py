@@ -47,6 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("report", help="comparison report (Markdown, HTML, CSV, plots) of every run under a folder")
     report.add_arguments(p)
     p.set_defaults(func=report.run_from_args)
+    from simulations import certs_cli, recommend_cli  # light: heavy imports happen when a command runs
+
+    p = sub.add_parser("certs", help="CA, SuperLink TLS certificate and SuperNode auth keys for a deployment")
+    certs_cli.add_arguments(p)
+    p.set_defaults(func=certs_cli.run_from_args)
+
+    p = sub.add_parser("recommend", help="top-K unseen items for a user from a trained run")
+    recommend_cli.add_arguments(p)
+    p.set_defaults(func=recommend_cli.run_from_args)
     p = sub.add_parser("audit", help="empirical privacy audit of a run, and its signed report")
     audit_sub = p.add_subparsers(dest="audit_command", required=True)
     _add_audit_commands(audit_sub)
