@@ -184,8 +184,8 @@ class RecommenderClient(NumPyClient):
         after = epsilon_after(ledger.accountant(), plan.noise_multiplier, plan.sample_rate, 1, plan.delta,
                               self.cfg.privacy.accountant)  # fmt: skip
         if not within_budget(after, budget):
-            # Sitting a step out would leave the pooled noise one share short, so the step
-            # fails (and with it the round) instead of going on quietly.
+            # No noise share and no row: under SecAgg+ the server counts this client as dropped
+            # and the others' shares still reach the planned noise (the threshold is >= t).
             raise PrivacyConfigError(f"client {self.client_id}: the next pooled step would bring ε to {after:.3f}, "
                                      f"over privacy.budget_epsilon={budget}")  # fmt: skip
         grad_sum, _ = noisy_gradient_sum(
@@ -218,7 +218,9 @@ class RecommenderClient(NumPyClient):
             groups=self.run.fairness,
         )
         metrics = sums.to_dict()
-        if sums.fairness is not None:  # group sums and item exposure counts, never per-user values
+        # Group sums and top-10 exposure counts: per-user values when a group (or the client)
+        # holds one user, as README says; outside the ε accounting like the evaluation sums.
+        if sums.fairness is not None:
             metrics.update(sums.fairness.to_metrics())
         metrics["client_id"] = self.client_id
         means = sums.means()

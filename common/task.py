@@ -280,8 +280,8 @@ def check_strategy(cfg: DictConfig) -> None:
     s = cfg.strategy
     if s.name != "qfedavg":
         return
-    if not (float(s.q) >= 0 and float(s.qffl_lr) > 0):
-        raise ValueError(f"strategy.q={s.q} must be >= 0 and strategy.qffl_lr={s.qffl_lr} > 0")
+    if not (0 <= float(s.q) < math.inf and 0 < float(s.qffl_lr) < math.inf):
+        raise ValueError(f"strategy.q={s.q} must be finite and >= 0, strategy.qffl_lr={s.qffl_lr} finite and > 0")
     if cfg.secagg.enabled:
         raise ValueError("strategy=qfedavg needs each client's update; secagg=secaggplus shows the server only the sum")
     if is_central(cfg) or is_distributed(cfg):

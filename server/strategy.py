@@ -111,8 +111,14 @@ class RecommenderFedAvg(FedAvg):
             models = [[w.astype(np.float64) + u for w, u in zip(old, parameters_to_ndarrays(r.parameters))]
                       for r in usable]  # fmt: skip
             losses = [float(r.metrics["loss_before"]) for r in usable]
+            if len(usable) < len(trained):
+                log.warning("round %d: q-FedAvg left out %d client(s) without a finite pre-training loss",
+                            server_round, len(trained) - len(usable))  # fmt: skip
             if usable:
                 self.latest_parameters = ndarrays_to_parameters(qffl_step(old, models, losses, *self.qffl))
+            else:
+                log.warning("round %d: q-FedAvg had no usable client; the global model is unchanged", server_round)
+            self._row["qffl_clients"] = len(usable)
         elif trained:
             mean_update, _ = super().aggregate_fit(server_round, trained, [])
         if mean_update is not None:

@@ -43,7 +43,7 @@ def app_overrides(task_overrides: list[str], output_dir: Path) -> str:
 
 def _absolute(override: str) -> str:
     key, _, value = override.partition("=")
-    if key in ("dataset.path", "privacy.ledger_dir") and value not in ("", "null", "~"):
+    if key.lstrip("+") in ("dataset.path", "privacy.ledger_dir") and value not in ("", "null", "~"):
         return f"{key}={Path(value).resolve()}"
     return override
 

@@ -224,7 +224,7 @@ def test_two_writers_on_one_ledger_file_do_not_lose_rows(tmp_path):
     assert len(PrivacyLedger.open(path).rows) == 1
 
 
-def test_distributed_noise_stops_loudly_at_the_budget(setup):
+def test_distributed_noise_refuses_a_step_over_the_budget(setup):
     overrides, cfg, run = setup
     extra = "privacy.noise=distributed secagg=secaggplus privacy.budget_epsilon=0.001"
     context = client(overrides, extra=extra)

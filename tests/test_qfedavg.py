@@ -20,29 +20,33 @@ def fit_res(update, loss_before, cid):
 
 
 def test_the_server_takes_the_qffl_step_on_the_clients_models(tmp_path):
+    from common.secure_aggregation import update
+
     old = [np.array([0.5, -1.0], dtype=np.float32), np.array([[2.0]], dtype=np.float32)]
-    updates = [[np.array([1.0, 0.0], dtype=np.float32), np.array([[0.5]], dtype=np.float32)],
-               [np.array([-1.0, 2.0], dtype=np.float32), np.array([[0.0]], dtype=np.float32)]]  # fmt: skip
+    # The clients' trained models; what they send is update(local, global), as client/app.py does.
+    local = [[np.array([1.5, -1.0], dtype=np.float32), np.array([[2.5]], dtype=np.float32)],
+             [np.array([-0.5, 1.0], dtype=np.float32), np.array([[2.0]], dtype=np.float32)]]  # fmt: skip
     strategy = RecommenderFedAvg(store=RunStore(tmp_path), num_rounds=1, evaluate_every=0, qffl=(2.0, 10.0),
                                  initial_parameters=ndarrays_to_parameters(old))  # fmt: skip
     strategy._row = {"round": 1, "clients": 2}
-    results = [(None, fit_res(updates[0], 4.0, 0)), (None, fit_res(updates[1], 1.0, 1))]
+    results = [(None, fit_res(update(local[0], old), 4.0, 0)), (None, fit_res(update(local[1], old), 1.0, 1))]
     params, _ = strategy.aggregate_fit(1, results, [])
     got = parameters_to_ndarrays(params)
-    models = [[w.astype(np.float64) + u for w, u in zip(old, up)] for up in updates]
-    want = qffl_step(old, models, [4.0, 1.0], 2.0, 10.0)
+    want = qffl_step(old, [[w.astype(np.float64) for w in m] for m in local], [4.0, 1.0], 2.0, 10.0)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-6)
         assert g.dtype == np.float32
-    # Not the plain weighted mean: the higher-loss client pulls harder.
-    plain = [o + (a + b) / 2 for o, a, b in zip(old, *updates)]
-    assert not np.allclose(got[0], plain[0])
+    # Not the plain mean of the two models: the higher-loss client pulls harder.
+    assert not np.allclose(got[0], (local[0][0] + local[1][0]) / 2)
+    assert strategy._row["qffl_clients"] == 2
 
 
 @pytest.mark.parametrize("extra, message", [
     (["secagg=secaggplus"], "secagg"),
     (["privacy.noise=central"], "privacy.noise=central"),
     (["strategy.q=-1"], "strategy.q=-1"),
+    (["strategy.q=inf"], "strategy.q=inf"),
+    (["privacy.noise=distributed", "secagg=secaggplus"], "secagg|distributed"),
 ])  # fmt: skip
 def test_qfedavg_refuses_what_hides_or_mis_sizes_per_client_updates(extra, message):
     with pytest.raises(ValueError, match=message):
