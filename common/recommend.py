@@ -24,6 +24,7 @@ from common.data import load_dataset
 from common.device import resolve_device
 from common.model.item_encoder import encode_texts
 from common.serialization import load_adapter
+from common.task import items_fingerprint
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 
@@ -93,6 +94,11 @@ class Recommender:
             raise RecommendError(
                 f"catalogue mismatch: the adapter was trained on {stored['num_items']} items "
                 f"(dataset {stored.get('dataset')}), the data in {self.data_label} has {self.data.num_items}"
+            )
+        if "items_sha256" in stored and stored["items_sha256"] != items_fingerprint(self.data.item_ids):
+            raise RecommendError(
+                f"catalogue mismatch: the data in {self.data_label} has the adapter's {stored['num_items']} items "
+                "but not the same item ids in the same order"
             )
         cfg.model = OmegaConf.create(stored["model"])  # the model exactly as the adapter was built
         lm = cfg.model.lm

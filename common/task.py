@@ -148,7 +148,16 @@ def adapter_config(cfg: DictConfig, run: RunData) -> dict:
         "num_items": run.data.num_items,
         "text_dim": int(run.item_text.shape[1]),
         "dataset": run.data.name,
+        "items_sha256": items_fingerprint(run.data.item_ids),
     }
+
+
+def items_fingerprint(item_ids) -> str:
+    """sha256 of the catalogue's item ids in index order: an adapter's item rows (ids, bias)
+    mean nothing over another catalogue, even one of the same size."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(map(str, item_ids)).encode()).hexdigest()
 
 
 def training_sequences(split: LeaveOneOutSplit, rows: np.ndarray) -> list[np.ndarray]:

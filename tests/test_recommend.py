@@ -179,3 +179,15 @@ def test_csv_run_reads_the_data_folder_given_with_data(tmp_path, capsys):
     assert recommend_cli.main(["--adapter", str(out), "--data", str(tmp_path / "bigger"), "--user", "u00004"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "trained on 50 items" in err[0] and "has 56" in err[0] and "bigger" in err[0]
+
+
+def test_a_reordered_catalogue_of_the_same_size_is_refused(trained, tmp_path):
+    _, out = trained
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    stored = json.loads((copy / "adapter" / "adapter_config.json").read_text())
+    assert "items_sha256" in stored
+    stored["items_sha256"] = "0" * 64  # as if trained on another order of the same items
+    (copy / "adapter" / "adapter_config.json").write_text(json.dumps(stored))
+    with pytest.raises(RecommendError, match="not the same item ids"):
+        Recommender(copy)
