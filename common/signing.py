@@ -125,12 +125,16 @@ def generate_keypair(
     return private_path, public_path
 
 
+def _read_key(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise KeyFileError(f"{path}: cannot read the {what} ({e.strerror or type(e).__name__})") from None
+
+
 def load_private_key(path: str | Path) -> Ed25519PrivateKey:
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise KeyFileError(f"{path}: cannot read the private key ({e.strerror or type(e).__name__})") from None
+    data = _read_key(path, "private key")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError:
@@ -145,10 +149,7 @@ def load_private_key(path: str | Path) -> Ed25519PrivateKey:
 
 def load_public_key(path: str | Path) -> Ed25519PublicKey:
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise KeyFileError(f"{path}: cannot read the public key ({e.strerror or type(e).__name__})") from None
+    data = _read_key(path, "public key")
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, UnsupportedAlgorithm):
