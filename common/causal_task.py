@@ -87,6 +87,21 @@ def user_rng(seed: int, step: int, items: np.ndarray) -> np.random.Generator:
     return np.random.default_rng([seed, step, zlib.crc32(np.asarray(items, dtype=np.int64).tobytes())])
 
 
+def target_pool(items: np.ndarray, train_targets: int) -> np.ndarray:
+    """Training target positions of a user's training items: every position ≥ 1, or with
+    ``train_targets = K > 0`` the last K only (a fixed pool whose prompts recur)."""
+    return np.arange(max(1, len(items) - train_targets) if train_targets > 0 else 1, len(items))
+
+
+def eval_example(run, build: PromptBuilder, row: int, which: str) -> tuple[str, bool]:
+    """(prompt, liked) for split row ``row``'s held-out ``which`` item, the items before it as history."""
+    liked = user_ratings(run, row)
+    held = [int(run.split.valid[row])] + ([int(run.split.test[row])] if which == "test" else [])
+    items = np.concatenate([run.split.train[row], np.asarray(held, dtype=np.int64)])
+    t = len(items) - 1
+    return build(items, liked[: len(items)], t), bool(liked[t])
+
+
 def _train(model, users, build, cfg, epochs, batch_size, lr, seed, dp) -> dict:
     m = cfg.model
     model.train()
@@ -109,8 +124,7 @@ def _train(model, users, build, cfg, epochs, batch_size, lr, seed, dp) -> dict:
                     items, liked = users[u]
                     # train_targets > 0: a fixed pool (the last K positions), so the same prompts
                     # recur across steps and rounds and their lower-layer states stay cached.
-                    k_last = int(m.get("train_targets", 0))
-                    pool = np.arange(max(1, len(items) - k_last) if k_last > 0 else 1, len(items))
+                    pool = target_pool(items, int(m.get("train_targets", 0)))
                     n = min(int(m.candidates_per_user), len(pool))
                     for t in user_rng(seed, steps, items).choice(pool, size=n, replace=False):
                         texts.append(build(items, liked, int(t)))
@@ -167,13 +181,9 @@ def evaluate_causal(model: CausalLoraRec, run, rows: np.ndarray, max_history: in
     build = PromptBuilder(run.data.item_text, max_history)
     texts, labels = [], []
     for r in rows:
-        liked = user_ratings(run, r)
-        train = run.split.train[r]
-        held = [int(run.split.valid[r])] + ([int(run.split.test[r])] if which == "test" else [])
-        items = np.concatenate([train, np.asarray(held, dtype=np.int64)])
-        t = len(items) - 1
-        texts.append(build(items, liked[: len(items)], t))
-        labels.append(bool(liked[t]))
+        text, label = eval_example(run, build, r, which)
+        texts.append(text)
+        labels.append(label)
     hist = AucHistogram()
     if not texts:
         return {"count": 0, **hist.to_metrics()}, float("nan")
@@ -187,6 +197,23 @@ def evaluate_causal(model: CausalLoraRec, run, rows: np.ndarray, max_history: in
     return out, nll
 
 
+def fixed_prompts(run, rows: np.ndarray, cfg: DictConfig, which: tuple[str, ...] = ("valid", "test")) -> list[str]:
+    """Every prompt a run over split rows ``rows`` can build: the evaluation prompts of the
+    ``which`` splits and, with ``model.train_targets = K > 0``, each user's training pool."""
+    k = int(cfg.model.get("train_targets", 0))
+    if k <= 0:
+        raise ValueError("model.train_targets=0 draws training targets from every position; "
+                         "set model.train_targets=K to fix each user's pool of K prompts")  # fmt: skip
+    build = PromptBuilder(run.data.item_text, int(cfg.model.max_history))
+    out = [eval_example(run, build, r, w)[0] for w in which for r in rows]
+    for r in rows:
+        items = run.split.train[r]
+        if len(items) >= 2:
+            liked = user_ratings(run, r)[: len(items)]
+            out += [build(items, liked, int(t)) for t in target_pool(items, k)]
+    return out
+
+
 def build_causal_model(cfg: DictConfig) -> CausalLoraRec:
     """The model for ``model=causal_lora`` (LoRA initialised from the caller's seeded RNG)."""
     check_causal_config(cfg)
@@ -195,7 +222,7 @@ def build_causal_model(cfg: DictConfig) -> CausalLoraRec:
         set_lower_cache_budget(int(m.get("lower_cache_mb", 2048)))
     return CausalLoraRec(m.path, int(m.lora_r), int(m.lora_alpha), tuple(m.lora_targets), int(m.top_layers),
                          int(m.max_tokens), bool(m.gradient_checkpointing), cfg.get("cache_dir"),
-                         bool(m.get("cache_lower", True)))  # fmt: skip
+                         bool(m.get("cache_lower", True)), m.get("lower_cache_dir"))  # fmt: skip
 
 
 def rerank_settings(cfg: DictConfig) -> tuple[str, int] | None:

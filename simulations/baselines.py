@@ -48,6 +48,10 @@ BASELINES = ("popularity", "centralized", "local", "sasrec_ids")
 
 
 def run_baseline(cfg: DictConfig, run: RunData, store: RunStore) -> dict:
+    if cfg.model.name == "causal_lora" and cfg.baseline in ("centralized", "local"):
+        # Their training and ranking evaluation are train_local's; the yes/no AUC path is not wired in.
+        raise ValueError(f"baseline={cfg.baseline} with model=causal_lora is not supported; "
+                         "benchmarks/causal_auc.py trains one client's users alone (docs/causal-lora.md)")  # fmt: skip
     runners = {"popularity": run_popularity, "centralized": run_centralized, "local": run_local,
                "sasrec_ids": run_sasrec_ids}  # fmt: skip
     return runners[cfg.baseline](cfg, run, store)

@@ -87,6 +87,10 @@ def test_histogram_auc_pools_clients_exactly_and_stays_within_its_tie_bound():
     crowded = AucHistogram().add([1e-7, 2e-7, 3e-7], [0, 1, 1])
     assert crowded.auc() == 0.5 and crowded.tie_bound() == 0.5
     assert AucHistogram.from_metrics({"count": 3}) is None
+    # Infinite scores go to the end bins; a NaN score (a diverged model) is named, not binned.
+    assert AucHistogram().add([-np.inf, np.inf], [0, 1]).auc() == 1.0
+    with pytest.raises(ValueError, match="1 of 3 scores are NaN"):
+        AucHistogram().add([0.1, np.nan, 0.2], [0, 1, 1])
 
 
 def test_liked_labels_need_ratings(tiny):
@@ -290,6 +294,7 @@ def test_a_federated_dp_run_with_causal_lora_reports_auc(tmp_path):
         assert client["epsilon"] == pytest.approx(8.0, rel=0.02)
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["eval_auc"] == m["auc"]
+    assert 0.0 < rows[-1]["eval_auc_logloss"] < 10.0  # the users' mean log-loss, pooled over clients
     assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
 
 
@@ -396,3 +401,103 @@ def test_a_users_training_prompts_depend_only_on_public_values_and_their_own_his
     user_rng(7, 3, other).choice(10, size=3)
     assert draw(7, 3, mine) == draw(7, 3, mine)
     assert {tuple(draw(7, s, mine)) for s in range(12)} != {tuple(draw(7, 3, mine))}  # varies with the step
+
+
+def test_lower_states_on_disk_are_reused_by_a_new_process_cache_and_keyed_by_the_weights(tiny, tmp_path):
+    """model.lower_cache_dir: a second model (as a new process would, memory cache empty) reads
+    the states from disk, equal to fresh ones; a damaged file is recomputed; other lower-layer
+    weights get another folder, never stale states."""
+    from common.model.causal_lm import clear_lower_cache, lower_cache_info
+
+    cfg, run = tiny
+    over = [*TINY, "privacy=none", "model.top_layers=1", f"model.lower_cache_dir={tmp_path}"]
+    build = PromptBuilder(run.data.item_text, 10)
+    r = run.partitions[0][0]
+    prompts = [build(run.split.train[r], user_ratings(run, r), t) for t in (1, 2, 5)]
+    clear_lower_cache()
+    try:
+        first = build_model(compose(" ".join(over)), run)
+        expected, expected_mask = first.encode_states(prompts)
+        files = sorted(tmp_path.glob("lower-*/*.pt"))
+        assert len(files) == 3 and lower_cache_info()["misses"] == 3
+        clear_lower_cache()
+        files[0].write_bytes(b"half a file")
+        again = build_model(compose(" ".join(over)), run)
+        states, mask = again.encode_states(prompts)
+        assert lower_cache_info()["disk_hits"] == 2 and lower_cache_info()["misses"] == 1
+        torch.testing.assert_close(states, expected)  # the recomputed one: batch-size rounding only
+        torch.testing.assert_close(mask, expected_mask)
+        # The damaged file was rewritten: a third model reads all three.
+        clear_lower_cache()
+        torch.testing.assert_close(build_model(compose(" ".join(over)), run).encode_states(prompts)[0], expected)
+        assert lower_cache_info()["disk_hits"] == 3
+        # Another split = other lower layers: a new folder, computed afresh.
+        clear_lower_cache()
+        two = build_model(compose(" ".join([*over, "model.top_layers=2"])), run)
+        two.encode_states(prompts[:1])
+        assert lower_cache_info()["disk_hits"] == 0 and len(list(tmp_path.glob("lower-*"))) == 2
+    finally:
+        clear_lower_cache()
+
+
+def test_prefill_covers_every_prompt_a_fixed_pool_run_uses(tiny, tmp_path):
+    """simulations.causal_prefill stores each user's validation, test and training-pool prompts:
+    a later training epoch and evaluation (memory cache empty, as in a new process) compute
+    nothing through the lower layers."""
+    from common.causal_task import fixed_prompts
+    from common.model.causal_lm import clear_lower_cache, lower_cache_info
+    from simulations.causal_prefill import main as prefill
+
+    over = [*TINY, "privacy=none", "model.top_layers=1", "model.train_targets=3", "model.candidates_per_user=2",
+            f"model.lower_cache_dir={tmp_path}"]  # fmt: skip
+    clear_lower_cache()
+    try:
+        prefill([o for o in over if o != "model=causal_lora"])
+        cfg = compose(" ".join(over))
+        run = load_run_data(cfg)
+        rows = np.arange(len(run.split.users))
+        assert len(list(tmp_path.glob("lower-*/*.pt"))) == len(set(fixed_prompts(run, rows, cfg)))
+        clear_lower_cache()
+        model = build_model(cfg, run)
+        train_causal(model, run, run.partitions[0], cfg, 2, 8, 1e-3, seed=0)
+        evaluate_causal(model, run, rows, 10, "valid")
+        evaluate_causal(model, run, rows, 10, "test")
+        info = lower_cache_info()
+        assert info["misses"] == 0 and info["disk_hits"] > len(rows)
+    finally:
+        clear_lower_cache()
+    with pytest.raises(ValueError, match="set model.train_targets=K"):
+        fixed_prompts(run, rows, compose(" ".join(TINY)))
+
+
+def test_causal_auc_benchmark_starts_from_the_untrained_auc_and_uses_the_clients_dp_plan(tiny, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("causal_auc", ROOT / "benchmarks" / "causal_auc.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cfg, run = tiny
+    rounds = bench.main([*TINY[1:], "strategy.num_rounds=2", "--split", "test"])
+    assert [r["round"] for r in rounds] == [0, 1, 2] and all(r["train_s"] > 0 for r in rounds[1:])
+    # Round 0 is the untrained model (LoRA B = 0: the base LM) on every user's test prompt.
+    torch.manual_seed(0)
+    plain = build_model(compose(" ".join([*TINY, "privacy=none"])), run)
+    rows = np.arange(len(run.split.users))
+    build = PromptBuilder(run.data.item_text, 10)
+    from common.causal_task import eval_example
+
+    texts, labels = zip(*(eval_example(run, build, r, "test") for r in rows))
+    exact = auc(plain.score(list(texts)).numpy(), np.asarray(labels))
+    assert abs(rounds[0]["auc"] - exact) <= rounds[0]["tie_bound"] + 1e-12
+    plan = federated_plan(compose(" ".join([*TINY, "strategy.num_rounds=2"])), run, 0)
+    assert plan.total_steps == 2 * plan.steps_per_round
+    assert f"σ {plan.dp.noise_multiplier:.3f}, q {plan.sample_rate:.3f}, {plan.total_steps} steps" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("baseline", ["centralized", "local"])
+def test_model_trained_baselines_refuse_causal_lora_in_one_line(tiny, baseline):
+    from simulations.baselines import run_baseline
+
+    cfg, run = tiny
+    with pytest.raises(ValueError, match=f"baseline={baseline} with model=causal_lora is not supported"):
+        run_baseline(compose(" ".join([*TINY, f"baseline={baseline}"])), run, store=None)

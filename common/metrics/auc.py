@@ -67,7 +67,10 @@ class AucHistogram:
             self.neg = np.zeros(self.bins, dtype=np.int64)
 
     def bin_of(self, logits: Any) -> np.ndarray:
-        x = np.clip(np.asarray(logits, dtype=np.float64), -self.limit, self.limit)
+        x = np.asarray(logits, dtype=np.float64)
+        if np.isnan(x).any():  # would become a negative bin index; a diverged model, say so
+            raise ValueError(f"AUC histogram: {int(np.isnan(x).sum())} of {x.size} scores are NaN (did training diverge?)")
+        x = np.clip(x, -self.limit, self.limit)
         t, top = np.arcsinh(x / SCALE), np.arcsinh(self.limit / SCALE)
         return np.minimum(((t + top) / (2 * top) * self.bins).astype(np.int64), self.bins - 1)
 

