@@ -10,7 +10,8 @@ validation split before a federated run, and for the non-private sanity check.
 Client ``--client`` (default 0) trains on its partition with the σ its federated plan gets
 for ``privacy.epsilon`` over all rounds (``privacy=none``: no DP, ``train.lr``); the AUC is
 over all users (``--eval-users`` to cut), round 0 = the untrained model. No FedAvg: the
-federated run averages several such clients.
+federated run averages several such clients. With ``model.rerank_run=PROJECTION_RUN`` each
+evaluation also re-ranks that run's top ``model.rerank_top`` per user (NDCG@10, HR@10).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import torch  # noqa: E402
 from common.causal_task import evaluate_causal, train_causal  # noqa: E402
 from common.config import compose  # noqa: E402
 from common.metrics.auc import AucHistogram  # noqa: E402
+from common.metrics.ranking import MetricSums  # noqa: E402
 from common.task import build_model, federated_plan, load_run_data  # noqa: E402
 
 
@@ -60,12 +62,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
     def evaluate(r: int, seconds: float, loss: float) -> None:
         t = time.perf_counter()
         metrics, logloss = evaluate_causal(model, run, eval_rows, int(cfg.model.max_history), a.split,
-                                           int(cfg.model.eval_batch_size))  # fmt: skip
+                                           int(cfg.model.eval_batch_size), cfg=cfg)  # fmt: skip
         h = AucHistogram.from_metrics(metrics)
-        rounds.append({"round": r, "auc": h.auc(), "tie_bound": h.tie_bound(), "logloss": logloss,
-                       "train_loss": loss, "train_s": seconds, "eval_s": time.perf_counter() - t})  # fmt: skip
+        row = {"round": r, "auc": h.auc(), "tie_bound": h.tie_bound(), "logloss": logloss, "train_loss": loss,
+               "train_s": seconds}  # fmt: skip
+        ranking = ""
+        if "ndcg@10_sum" in metrics:  # model.rerank_run: the projection run's top-N re-ranked
+            means = MetricSums.from_dict(metrics).means()
+            row.update({k: means[k] for k in ("ndcg@10", "hr@10", "projection_ndcg@10", "projection_hr@10")})
+            ranking = (f"; re-ranked NDCG@10 {means['ndcg@10']:.4f} HR@10 {means['hr@10']:.4f} (projection alone "
+                       f"{means['projection_ndcg@10']:.4f} / {means['projection_hr@10']:.4f})")  # fmt: skip
+        row["eval_s"] = time.perf_counter() - t
+        rounds.append(row)
         print(f"round {r}: {a.split} AUC {h.auc():.4f} (±{h.tie_bound():.1e} ties, {h.count} users), "
-              f"log-loss {logloss:.4f}; train loss {loss:.4f}, {seconds:.0f} s train", flush=True)  # fmt: skip
+              f"log-loss {logloss:.4f}{ranking}; train loss {loss:.4f}, {seconds:.0f} s train, "
+              f"{row['eval_s']:.0f} s eval", flush=True)  # fmt: skip
 
     evaluate(0, 0.0, float("nan"))
     for r in range(1, int(cfg.strategy.num_rounds) + 1):

@@ -357,6 +357,12 @@ def test_rerank_evaluation_reports_full_metrics_of_the_reranked_and_the_projecti
     # evaluate_causal carries them next to the AUC histogram, with one user count.
     metrics, _ = evaluate_causal(model, run, rows, 10, "test", cfg=ccfg)
     assert metrics["count"] == len(rows) and metrics["projection_count"] == len(rows) and "hr@10_sum" in metrics
+    # benchmarks/causal_auc.py prints them per round; round 0 (LoRA B = 0) is this untrained model on all users.
+    rounds = _causal_auc_benchmark().main([*TINY[1:], f"model.rerank_run={tmp_path / 'proj'}", "model.rerank_top=5",
+                                           "privacy=none", "--split", "test"])  # fmt: skip
+    every = MetricSums.from_dict(evaluate_rerank(model, run, np.arange(len(run.split.users)), ccfg)).means()
+    assert rounds[0]["ndcg@10"] == pytest.approx(every["ndcg@10"])
+    assert rounds[0]["projection_hr@10"] == pytest.approx(every["projection_hr@10"])
 
 
 def test_a_full_lower_cache_evicting_a_hit_of_the_same_batch_keeps_it(tiny):
@@ -470,12 +476,17 @@ def test_prefill_covers_every_prompt_a_fixed_pool_run_uses(tiny, tmp_path):
         fixed_prompts(run, rows, compose(" ".join(TINY)))
 
 
-def test_causal_auc_benchmark_starts_from_the_untrained_auc_and_uses_the_clients_dp_plan(tiny, capsys):
+def _causal_auc_benchmark():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("causal_auc", ROOT / "benchmarks" / "causal_auc.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_causal_auc_benchmark_starts_from_the_untrained_auc_and_uses_the_clients_dp_plan(tiny, capsys):
+    bench = _causal_auc_benchmark()
     cfg, run = tiny
     rounds = bench.main([*TINY[1:], "strategy.num_rounds=2", "--split", "test"])
     assert [r["round"] for r in rounds] == [0, 1, 2] and all(r["train_s"] > 0 for r in rounds[1:])
