@@ -101,3 +101,12 @@ def test_quality_cost_prints_the_ndcg_ratio_of_a_fresh_pair():
     row = proc.stdout.splitlines()[1].split()
     fed, cen, ratio = float(row[-9]), float(row[-8]), float(row[-1])
     assert fed > 0 and cen > 0 and ratio == pytest.approx(fed / cen, rel=0.05)  # from 4-decimal figures
+
+
+def test_causal_cache_benchmark_reports_exact_states_and_positive_ratios():
+    out = json.loads(_script("causal_cache.py", "model.path=tiny-random", "model.top_layers=1", *TINY_DATA[:3],
+                             "--prompts", "4", "--repeats", "1", "--json").stdout)  # fmt: skip
+    assert out["prompts"] == 4 and out["layers"] == 2 and out["top_layers"] == 1
+    assert out["train_ratio"] > 0 and out["score_ratio"] > 0 and out["fill_s_per_prompt"] > 0
+    # The cached path is the same computation: differences are float rounding only.
+    assert out["max_grad_diff"] < 1e-5 and out["max_score_diff"] < 1e-5
