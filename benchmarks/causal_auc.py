@@ -8,7 +8,8 @@ validation split before a federated run, and for the non-private sanity check.
         model.top_layers=1 model.train_targets=4 model.candidates_per_user=4 model.lower_cache_dir=CACHE
 
 Client ``--client`` (default 0) trains on its partition with the σ its federated plan gets
-for ``privacy.epsilon`` over all rounds (``privacy=none``: no DP, ``train.lr``); the AUC is
+for ``privacy.epsilon`` over all rounds, its learning rate and its per-round seeds
+(``privacy=none``: no DP; ``privacy.noise=central`` is refused: its noise is the server's); the AUC is
 over all users (``--eval-users`` to cut), round 0 = the untrained model. No FedAvg: the
 federated run averages several such clients. With ``model.rerank_run=PROJECTION_RUN`` each
 evaluation also re-ranks that run's top ``model.rerank_top`` per user (NDCG@10, HR@10).
@@ -20,6 +21,7 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +36,7 @@ from common.causal_task import evaluate_causal, train_causal  # noqa: E402
 from common.config import compose  # noqa: E402
 from common.metrics.auc import AucHistogram  # noqa: E402
 from common.metrics.ranking import MetricSums  # noqa: E402
-from common.task import build_model, federated_plan, load_run_data  # noqa: E402
+from common.task import build_model, federated_plan, is_central, learning_rate, load_run_data  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -43,19 +45,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--client", type=int, default=0)
     ap.add_argument("--split", choices=["valid", "test"], default="valid")
     ap.add_argument("--eval-users", type=int, default=None, help="evaluate the first N users only")
-    ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     cfg = compose(" ".join(["model=causal_lora", *a.overrides]))
     run = load_run_data(cfg)
     rows = np.asarray(run.partitions[a.client])
     eval_rows = np.arange(len(run.split.users))[: a.eval_users]
-    dp, lr = None, float(cfg.train.lr)
+    if is_central(cfg):
+        raise SystemExit("causal_auc: privacy.noise=central adds its noise at the server, which this one-client "
+                         "harness does not model; use privacy.noise=local or privacy=none")  # fmt: skip
+    dp, plan, lr = None, None, learning_rate(cfg)
     if cfg.privacy.enabled:
         plan = federated_plan(cfg, run, a.client)
-        dp, lr = plan.dp, float(cfg.privacy.lr)
+        dp = plan.dp
         print(f"DP-SGD: ε {cfg.privacy.epsilon}, δ {plan.delta:.1e}, σ {dp.noise_multiplier:.3f}, q {plan.sample_rate:.3f}, "
               f"{plan.total_steps} steps; {plan.num_users} users train", flush=True)  # fmt: skip
-    torch.manual_seed(a.seed)
+    torch.manual_seed(int(cfg.seed))
     model = build_model(cfg, run)
     rounds = []
 
@@ -81,9 +85,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     evaluate(0, 0.0, float("nan"))
     for r in range(1, int(cfg.strategy.num_rounds) + 1):
         t = time.perf_counter()
+        seed = int(cfg.seed) * 100_003 + r * 1_009 + a.client  # the client's own seed for round r
+        round_dp = replace(dp, noise_seed=seed) if dp is not None and cfg.privacy.seeded_noise else dp
         out = train_causal(model, run, rows, cfg, int(cfg.strategy.local_epochs), int(cfg.train.batch_size), lr,
-                           seed=a.seed * 1000 + r, dp=dp)  # fmt: skip
+                           seed=seed, dp=round_dp)  # fmt: skip
+        if plan is not None:  # what Opacus' accountant saw must be the planned mechanism, as the client checks
+            for noise, q, _ in out["history"]:
+                if abs(noise - plan.dp.noise_multiplier) > 1e-12 or abs(q - plan.sample_rate) > 1e-12:
+                    raise RuntimeError(f"trained with σ={noise}, q={q}; planned σ={plan.dp.noise_multiplier}")
         evaluate(r, time.perf_counter() - t, out["loss"])
+        rounds[-1]["dp_steps"] = sum(s for _, _, s in out["history"])
     return rounds
 
 

@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
-    cfg = compose(" ".join(["model=causal_lora", "privacy=none", "model.cache_lower=true", *a.overrides]))
+    cfg = compose(" ".join(["model=causal_lora", "privacy=none", "model.cache_lower=true", *a.overrides,
+                           "model.lower_cache_dir=null"]))  # memory only: a disk hit would be timed as a fill
     run = load_run_data(cfg)
     torch.manual_seed(0)
     model = build_model(cfg, run)

@@ -232,7 +232,7 @@ class RecommenderFedAvg(FedAvg):
         auc_hist = _merged(None, *[AucHistogram.from_metrics(r.metrics) for _, r in results])
         if auc_hist is not None:
             total.auc = auc_hist  # read by build_summary
-            logloss = sum(float(r.metrics.get("auc_logloss_sum", np.nan)) for _, r in results) / max(auc_hist.count, 1)
+            logloss = sum(float(r.metrics.get("auc_logloss_sum", 0.0)) for _, r in results) / max(auc_hist.count, 1)
             means.update(auc=auc_hist.auc(), auc_tie_bound=auc_hist.tie_bound(), auc_logloss=logloss)
         self._row.update({f"eval_{k}": v for k, v in means.items()})
         self._row["eval_users"] = total.counts.get("", 0)
@@ -247,7 +247,8 @@ class RecommenderFedAvg(FedAvg):
             self.final_rerank_fairness = reranked
         self._end_round()
         # Flower reports this as the round's "loss": 1 - NDCG@10, as each client's evaluate returns
-        # (1 - AUC for model=causal_lora, whose clients return their log-loss).
+        # (1 - AUC for model=causal_lora, whose clients return their log-loss; NaN when every
+        # evaluated user has the same label).
         if auc_hist is not None:
             return 1.0 - means["auc"], means
         return 1.0 - means.get("ndcg@10", 0.0), means

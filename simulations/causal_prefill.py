@@ -5,7 +5,8 @@
         model.train_targets=4 model.lower_cache_dir=~/.cache/fedrec/lower
 
 Prompts: each user's validation and test prompt and, ``model.train_targets = K``, the K
-training prompts of their fixed pool. ``model=causal_lora`` is implied; every other override is
+training prompts of their fixed pool; not the re-ranking prompts of ``model.rerank_run`` (they
+depend on the projection run's top-N and are stored as evaluation computes them). ``model=causal_lora`` is implied; every other override is
 the run's own (same ``model.top_layers``, ``max_tokens``, ``max_history``, model path).
 """
 
@@ -27,8 +28,9 @@ from common.task import build_model, load_run_data  # noqa: E402
 
 def main(argv: list[str]) -> None:
     cfg = compose(" ".join(["model=causal_lora", "privacy=none", *argv]))
-    if not cfg.model.get("lower_cache_dir"):
-        raise SystemExit("causal_prefill: set model.lower_cache_dir=FOLDER (where the states are kept)")
+    if not cfg.model.get("lower_cache_dir") or not cfg.model.cache_lower:
+        raise SystemExit("causal_prefill: set model.lower_cache_dir=FOLDER (where the states are kept) "
+                         "and leave model.cache_lower=true")  # fmt: skip
     run = load_run_data(cfg)
     prompts = list(dict.fromkeys(fixed_prompts(run, np.arange(len(run.split.users)), cfg)))
     model = build_model(cfg, run)

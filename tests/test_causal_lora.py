@@ -413,7 +413,7 @@ def test_lower_states_on_disk_are_reused_by_a_new_process_cache_and_keyed_by_the
     """model.lower_cache_dir: a second model (as a new process would, memory cache empty) reads
     the states from disk, equal to fresh ones; a damaged file is recomputed; other lower-layer
     weights get another folder, never stale states."""
-    from common.model.causal_lm import clear_lower_cache, lower_cache_info
+    from common.model.causal_lm import _hash_lower, clear_lower_cache, lower_cache_info
 
     cfg, run = tiny
     over = [*TINY, "privacy=none", "model.top_layers=1", f"model.lower_cache_dir={tmp_path}"]
@@ -442,6 +442,17 @@ def test_lower_states_on_disk_are_reused_by_a_new_process_cache_and_keyed_by_the
         two = build_model(compose(" ".join([*over, "model.top_layers=2"])), run)
         two.encode_states(prompts[:1])
         assert lower_cache_info()["disk_hits"] == 0 and len(list(tmp_path.glob("lower-*"))) == 2
+        # The key hashes the lower layers' weights themselves: one changed weight, another key.
+        key = _hash_lower(first)
+        with torch.no_grad():
+            first.hf.base_model.layers[0].mlp.down_proj.weight[0, 0] += 1e-3
+        assert _hash_lower(first) != key
+        # A file holding something else than an entry is recomputed too.
+        clear_lower_cache()
+        files[1].write_bytes(b"")
+        torch.save(torch.zeros(3), files[2])
+        build_model(compose(" ".join(over)), run).encode_states(prompts)
+        assert lower_cache_info()["disk_hits"] == 1 and lower_cache_info()["misses"] == 2
     finally:
         clear_lower_cache()
 
@@ -502,6 +513,7 @@ def test_causal_auc_benchmark_starts_from_the_untrained_auc_and_uses_the_clients
     assert abs(rounds[0]["auc"] - exact) <= rounds[0]["tie_bound"] + 1e-12
     plan = federated_plan(compose(" ".join([*TINY, "strategy.num_rounds=2"])), run, 0)
     assert plan.total_steps == 2 * plan.steps_per_round
+    assert [r["dp_steps"] for r in rounds[1:]] == [plan.steps_per_round] * 2  # Opacus took every planned step
     assert f"σ {plan.dp.noise_multiplier:.3f}, q {plan.sample_rate:.3f}, {plan.total_steps} steps" in capsys.readouterr().out
 
 

@@ -30,6 +30,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import tempfile
 from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
@@ -171,8 +172,9 @@ def answer_token_ids(tok) -> tuple[int, int]:
 
 class LowerStateStore:
     """Lower-layer states on disk, one file per prompt, under a folder named by a hash of
-    everything that determines them: the frozen embedding and lower layers' weights, the split,
-    ``max_tokens``, the tokenizer's vocabulary size and the torch/transformers versions. A file
+    everything that determines them: the frozen embedding and lower layers' weights, the model
+    config, the split, ``max_tokens``, the tokenizer's vocabulary, the torch/transformers
+    versions and :data:`LOWER_FORMAT` (the code's version). A file
     that cannot be read, or holds another prompt, is recomputed; files are written to a temp
     name and renamed, so concurrent processes never read half a file."""
 
@@ -189,16 +191,25 @@ class LowerStateStore:
             return None
         try:
             entry = torch.load(f, weights_only=True)
+            states = entry["states"]
+            if entry["prompt"] != prompt or not isinstance(states, torch.Tensor) or states.dim() != 2:
+                return None
+            return states
         except Exception as err:  # noqa: BLE001 - a damaged entry is recomputed, never fatal
             log.warning("lower-layer cache: unreadable %s (%s); recomputing", f, err)
             return None
-        return entry["states"] if entry.get("prompt") == prompt else None
 
     def put(self, prompt: str, states: torch.Tensor) -> None:
+        """Store, or log and go on: a full disk must not stop training (the states are in memory)."""
         f = self._file(prompt)
-        tmp = f.with_name(f".{f.name}.{os.getpid()}.tmp")
-        torch.save({"prompt": prompt, "states": states}, tmp)
-        os.replace(tmp, f)
+        fd, tmp = tempfile.mkstemp(prefix=f".{f.name}.", suffix=".tmp", dir=self.root)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                torch.save({"prompt": prompt, "states": states}, out)
+            os.replace(tmp, f)
+        except OSError as err:
+            log.warning("lower-layer cache: cannot write %s (%s); continuing without it", f, err)
+            Path(tmp).unlink(missing_ok=True)
 
 
 _FINGERPRINTS: dict[tuple, str] = {}
@@ -211,12 +222,18 @@ def _lower_fingerprint(model: CausalLoraRec) -> str:
     return _FINGERPRINTS[model._cache_key]
 
 
+# Bump when encode() or _run_layers() change how a prompt becomes lower-layer states.
+LOWER_FORMAT = 1
+
+
 def _hash_lower(model: CausalLoraRec) -> str:
     import transformers
 
     lm = model.hf.base_model
-    h = hashlib.sha256(f"{model.split}|{model.max_tokens}|{len(model.tokenizer)}|{torch.__version__}|"
-                       f"{transformers.__version__}".encode())  # fmt: skip
+    tok = model.tokenizer
+    h = hashlib.sha256(f"{LOWER_FORMAT}|{model.split}|{model.max_tokens}|{torch.__version__}|"
+                       f"{transformers.__version__}|{model.hf.config.to_json_string()}".encode())  # fmt: skip
+    h.update(repr(sorted(tok.get_vocab().items())).encode())  # same-size tokenizers may still differ
     for module in (lm.embed_tokens, *lm.layers[: model.split]):
         for name, t in module.state_dict().items():
             h.update(name.encode())
