@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 from pathlib import Path
 from dataclasses import replace
@@ -29,10 +30,11 @@ from common.device import resolve_device
 from common.deployment import client_id_of, is_deployed_node, is_deployment, load_client_data, node_device
 from common.distributed_dp import check_protocol, noisy_gradient_sum
 from common.evaluation import evaluate_users
-from common.privacy.accounting import PrivacyConfigError
+from common.privacy.accounting import AccountantState, PrivacyConfigError
 from common.rerank_eval import PREFIX as RERANK_PREFIX
 from common.rerank_eval import RerankSettings, info_metrics
-from common.privacy.ledger import (REFUSED, TRAINED, LedgerRow, PrivacyLedger, budget_of, check_server_record,
+from common.privacy.popularity_prior import PRIOR_KEY, noisy_share, user_counts
+from common.privacy.ledger import (PRIOR, REFUSED, TRAINED, LedgerRow, PrivacyLedger, budget_of, check_server_record,
                                    cross_checked, epsilon_after, ledger_path, within_budget)  # fmt: skip
 from common.secure_aggregation import clip_update, dropout_clients, update
 from common.serialization import get_weights, set_weights
@@ -211,22 +213,34 @@ class RecommenderClient(NumPyClient):
 
     def _fit_distributed(self, model, seqs, seed: int, start: float, server_round: int, config):
         """One pooled DP-SGD step: this client's noisy sum of clipped user gradients, sent
-        with weight 1 so that the secure mean times the survivors is the sum."""
+        with weight 1 so that the secure mean times the survivors is the sum. When the server
+        asks for the popularity prior (first round), its noisy count share is appended."""
         plan = pooled_plan(self.cfg, self.run)
+        with_prior = bool(config.get(PRIOR_KEY))
+        if with_prior and plan.prior is None:
+            raise PrivacyConfigError(f"client {self.client_id}: the server asked for the popularity prior but this "
+                                     "client's config has privacy.popularity_prior=0")  # fmt: skip
         ledger = self._ledger()
         check_server_record(ledger, config, self.client_id)
         budget = budget_of(self.cfg.privacy)
-        after = epsilon_after(ledger.accountant(), plan.noise_multiplier, plan.sample_rate, 1, plan.delta,
+        state = AccountantState(list(ledger.accountant().history))
+        if with_prior:
+            state.extend(plan.prior.history())
+        after = epsilon_after(state, plan.noise_multiplier, plan.sample_rate, 1, plan.delta,
                               self.cfg.privacy.accountant)  # fmt: skip
         if not within_budget(after, budget):
             # No noise share and no row: under SecAgg+ the server counts this client as dropped
             # and the others' shares still reach the planned noise (the threshold is >= t).
             raise PrivacyConfigError(f"client {self.client_id}: the next pooled step would bring ε to {after:.3f}, "
                                      f"over privacy.budget_epsilon={budget}")  # fmt: skip
+        noise_seed = seed if self.cfg.privacy.seeded_noise else None
         grad_sum, _ = noisy_gradient_sum(
-            model, seqs, self.run.data.num_items, self.cfg.model.num_negatives, plan,
-            seed=seed if self.cfg.privacy.seeded_noise else None,
+            model, seqs, self.run.data.num_items, self.cfg.model.num_negatives, plan, seed=noise_seed,
         )  # fmt: skip
+        if with_prior:
+            gen = np.random.default_rng(secrets.randbits(63) if noise_seed is None else noise_seed + 1)
+            grad_sum.append(noisy_share(user_counts(seqs, self.run.data.num_items), plan.prior, gen))
+            self._record(ledger, server_round, PRIOR, 1, plan.prior.noise_multiplier, 1.0, plan.delta)
         # Every client records the pooled mechanism's step: its users are protected by it.
         ledger_metrics = self._record(ledger, server_round, TRAINED, 1, plan.noise_multiplier,
                                       plan.sample_rate, plan.delta)  # fmt: skip
@@ -289,6 +303,11 @@ def secagg_when_asked(msg: Message, ctxt: Context, call_next) -> Message:
         _check_setup(configs, ctxt)
     if configs.get(Key.STAGE) == Stage.COLLECT_MASKED_VECTORS:
         _maybe_drop_out(msg, ctxt)
+        cfg = _config(str(ctxt.run_config.get("overrides", "")))
+        if cfg.privacy.get("seeded_noise"):
+            # Flower's stochastic rounding draws from NumPy's global RNG: seed it too, so that
+            # a seeded run reproduces its metrics exactly (tests and debugging only).
+            np.random.seed([int(cfg.seed), int(msg.metadata.group_id or 0), int(ctxt.node_config.get("partition-id", 0))])
     return secaggplus_mod(msg, ctxt, call_next)
 
 

@@ -46,7 +46,36 @@ def resolved(cfg: DictConfig) -> DictConfig:
     if privacy is not None and privacy.get("enabled") and privacy.get("epsilon") == float("inf"):
         # ε = ∞ is the non-private run, so one sweep `privacy.epsilon=1,4,8,inf` covers it.
         privacy.enabled = False
+    if privacy is not None:
+        resolve_noise(out)
     return out
+
+
+NOISE_PLACEMENTS = ("distributed", "local", "central")
+
+
+def default_noise(cfg: DictConfig) -> str:
+    """What ``privacy.noise=auto`` means for this run: the placement that costs least and
+    holds its guarantee here (README, "Which guarantee holds against whom")."""
+    if cfg.get("deployment", {}).get("catalogue"):
+        return "local"  # a deployment's clients cannot share the global counts distributed noise needs
+    if cfg.get("model", {}).get("name") == "causal_lora":
+        return "local"  # its DP-SGD runs inside the causal LM's own training loop
+    if cfg.get("partition", {}).get("scheme") == "cross_device":
+        return "central"  # a one-user client's DP-SGD would protect interactions, not users
+    return "distributed"
+
+
+def resolve_noise(cfg: DictConfig) -> None:
+    """Replace ``privacy.noise=auto`` and ``privacy.popularity_prior=null`` by what they mean,
+    so config.yaml records the mechanism that ran."""
+    p = cfg.privacy
+    if p.get("noise") == "auto":
+        p.noise = default_noise(cfg) if p.get("enabled") else "none"
+    if p.get("enabled") and p.get("noise") not in NOISE_PLACEMENTS:
+        raise ValueError(f"privacy.noise={p.get('noise')!r}: expected one of auto, {', '.join(NOISE_PLACEMENTS)}")
+    if "popularity_prior" in p and p.popularity_prior is None:
+        p.popularity_prior = 0.1 if p.get("enabled") and p.noise == "distributed" else 0.0
 
 
 def to_yaml(cfg: DictConfig) -> str:

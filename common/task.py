@@ -276,6 +276,7 @@ def check_plans(cfg: DictConfig, run: RunData) -> None:
     cannot work, before any training."""
     check_secagg(cfg)
     check_strategy(cfg)
+    check_placement(cfg)
     if is_distributed(cfg):
         pooled_plan(cfg, run)
     elif is_central(cfg):
@@ -288,6 +289,20 @@ def check_plans(cfg: DictConfig, run: RunData) -> None:
     elif cfg.privacy.enabled:
         for client in range(run.num_clients):
             federated_plan(cfg, run, client)
+
+
+def check_placement(cfg: DictConfig) -> None:
+    """Settings that only one noise placement can carry out."""
+    prior = float(cfg.privacy.get("popularity_prior") or 0.0)
+    if prior and not is_distributed(cfg):
+        raise PrivacyConfigError(f"privacy.popularity_prior={prior} needs privacy.noise=distributed (its counts are "
+                                 "released through the distributed noise's secure sum); set "
+                                 "privacy.popularity_prior=0")  # fmt: skip
+    if cfg.partition.scheme == "cross_device" and cfg.secagg.enabled and cfg.secagg.num_shares == 1.0:
+        raise PrivacyConfigError("partition=cross_device with secagg=secaggplus and secagg.num_shares=1.0: key "
+                                 "agreement between every pair of one-user clients grows with the square of the "
+                                 "users; add secagg=none (DP-FedAvg's server noise gives user-level DP here) or "
+                                 "secagg.num_shares=K")  # fmt: skip
 
 
 def check_strategy(cfg: DictConfig) -> None:
@@ -316,7 +331,9 @@ def pooled_plan(cfg: DictConfig, run: RunData):
     if key not in _POOLED:
         total = run.split.num_users
         params = sum(p.numel() for p in build_model(cfg, run).parameters() if p.requires_grad)
-        _POOLED[key] = distributed_plan(cfg, total, run.num_clients, run_delta(cfg, total), params)
+        largest = max(len(trainable_sequences(training_sequences(run.split, rows))) for rows in run.partitions)
+        _POOLED[key] = distributed_plan(cfg, total, run.num_clients, run_delta(cfg, total), params,
+                                        run.data.num_items, largest)  # fmt: skip
     return _POOLED[key]
 
 

@@ -207,8 +207,10 @@ def distributed_noise(cfg, run, initial) -> dict:
     from common.distributed_dp import ServerOptimizer
 
     plan = pooled_plan(cfg, run)
+    names = [n for n, p in build_model(cfg, run).named_parameters() if p.requires_grad]
     return {"server_optimizer": ServerOptimizer(initial, learning_rate(cfg)),
-            "gradient_scale": 1.0 / plan.expected_batch}  # fmt: skip
+            "gradient_scale": 1.0 / plan.expected_batch, "prior": plan.prior, "loss_plan": plan,
+            "prior_index": names.index("bias.weight") if plan.prior else None}  # fmt: skip
 
 
 def max_weight(cfg, run) -> float:
@@ -286,7 +288,8 @@ def mechanism(cfg) -> str:
     if not cfg.privacy.enabled:
         return "none"
     if cfg.privacy.noise == "distributed":
-        return "dp-sgd over all clients' users, noise shares summed under secagg+ (distributed)"
+        prior = " + dp popularity prior" if cfg.privacy.get("popularity_prior") else ""
+        return f"dp-sgd over all clients' users, noise shares summed under secagg+ (distributed){prior}"
     if cfg.privacy.noise == "central":
         return "dp-fedavg: client-side fixed clipping + server gaussian noise (central)"
     return "dp-sgd per client (local noise)"
@@ -305,4 +308,10 @@ def federated_summary(cfg, run, strategy: RecommenderFedAvg, adapter_bytes: int,
                      {str(k): v for k, v in sorted(strategy.client_rerank.items())}, run.fairness)  # fmt: skip
     summary["communication"] = {"adapter_bytes": adapter_bytes, "adapter_parameters": adapter_bytes // 4}
     summary["secure_aggregation"] = secagg_summary(cfg, run, strategy)
+    summary["privacy"]["noise_placement"] = cfg.privacy.noise if cfg.privacy.enabled else None
+    if strategy.prior is not None:
+        p = strategy.prior
+        summary["privacy"]["popularity_prior"] = {
+            "share_of_epsilon": p.share, "noise_multiplier": p.noise_multiplier, "sensitivity": p.sensitivity,
+            "released": not strategy.prior_pending}  # fmt: skip
     return summary

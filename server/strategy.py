@@ -22,6 +22,7 @@ from flwr.server.strategy import FedAvg
 from common.fairness_eval import FairnessSums, fairness_block, fairness_row
 from common.metrics.auc import AucHistogram
 from common.metrics.ranking import MetricSums
+from common.privacy.popularity_prior import PRIOR_KEY, prior_logits
 from common.qffl import qffl_step
 from common.rerank_eval import PREFIX as RERANK_PREFIX
 from common.rerank_eval import client_rerank
@@ -44,6 +45,9 @@ class RecommenderFedAvg(FedAvg):
         stop_on_failed_round: bool = False,
         server_optimizer=None,
         gradient_scale: float = 1.0,
+        prior=None,
+        prior_index: int | None = None,
+        loss_plan=None,
         progress: RunProgress | None = None,
         server_ledger=None,
         qffl: tuple[float, float] | None = None,
@@ -65,6 +69,13 @@ class RecommenderFedAvg(FedAvg):
         # steps its optimizer on sum × gradient_scale (1 / expected batch) instead of adding.
         self.server_optimizer = server_optimizer
         self.gradient_scale = gradient_scale
+        # The DP popularity prior (distributed noise): asked for until one round delivers it,
+        # then added to the item bias (weights[prior_index]).
+        self.prior = prior
+        self.prior_index = prior_index
+        self.prior_pending = prior is not None
+        # Distributed noise: the plan that turns the summed loss coordinate into a DP loss.
+        self.loss_plan = loss_plan
         # Only secure aggregation tolerates dropped clients: its sum is over the survivors.
         self.tolerate_dropouts = tolerate_dropouts
         self.stop_on_failed_round = stop_on_failed_round
@@ -101,9 +112,10 @@ class RecommenderFedAvg(FedAvg):
         # The steps each client's ledger held when it last reported (fixed by the public plan,
         # so not private): a client whose ledger now holds fewer lost or reset it and refuses.
         steps = json.dumps({str(c): int(e["steps"]) for c, e in sorted(self.client_privacy.items()) if "steps" in e})
+        extra = {PRIOR_KEY: True} if self.prior_pending else {}
         # The round number lets clients seed their local training reproducibly.
         return [(c, FitIns(f.parameters, {**f.config, "server_round": server_round, "ledger_steps": steps,
-                                          **self.catalogue}))
+                                          **extra, **self.catalogue}))
                 for c, f in ins]  # fmt: skip
 
     def aggregate_fit(self, server_round, results, failures):
@@ -122,7 +134,7 @@ class RecommenderFedAvg(FedAvg):
             log.warning("round %d: client %s refused to train: its privacy budget ε=%s is spent (ε so far %.3f)",
                         server_round, r.metrics["client_id"], r.metrics.get("budget_epsilon"), r.metrics["epsilon"])  # fmt: skip
         trained = [(c, r) for c, r in results if not r.metrics.get("budget_refused")]
-        mean_update = None
+        mean_update = dp_loss = None
         if trained and self.qffl is not None:
             old = parameters_to_ndarrays(self.latest_parameters)
             usable = [r for _, r in trained if np.isfinite(r.metrics.get("loss_before", np.nan))]
@@ -141,9 +153,18 @@ class RecommenderFedAvg(FedAvg):
             mean_update, _ = super().aggregate_fit(server_round, trained, [])
         if mean_update is not None:
             mean = parameters_to_ndarrays(mean_update)
+            prior_sum = None
+            if self.prior_pending:  # the clients appended their count shares
+                mean, prior_sum = mean[:-1], mean[-1] * len(results)
+            if self.loss_plan is not None and self.loss_plan.loss_weight:  # then the loss coordinate
+                mean, loss_sum = mean[:-1], float(mean[-1][0]) * len(results)
+                self._row["train_loss_noise_std"] = self.loss_plan.loss_noise_std
+                dp_loss = self.loss_plan.mean_loss(loss_sum)
             if self.server_optimizer is not None:
                 scale = len(results) * self.gradient_scale  # mean × survivors = the sum
                 new = self.server_optimizer.step([(m * scale).astype(np.float32) for m in mean])
+                if prior_sum is not None:
+                    new = self._add_prior(new, prior_sum)
             else:
                 old = parameters_to_ndarrays(self.latest_parameters)
                 # SecAgg+ dequantizes to float64: keep the adapter's own dtype.
@@ -152,6 +173,8 @@ class RecommenderFedAvg(FedAvg):
         parameters = self.latest_parameters
         users = sum(r.num_examples for _, r in trained)
         loss = sum(r.num_examples * float(r.metrics["train_loss"]) for _, r in trained) / max(users, 1)
+        if dp_loss is not None:
+            loss = dp_loss
         eps = {}
         for _, r in results:
             m = r.metrics
@@ -188,6 +211,18 @@ class RecommenderFedAvg(FedAvg):
             fit_seconds=time.perf_counter() - self._round_start,
         )
         return parameters, {}
+
+    def _add_prior(self, weights: list[np.ndarray], scaled_sum: np.ndarray) -> list[np.ndarray]:
+        """The item bias plus the prior's centred log noisy counts (also into the optimizer's
+        own copy, which the next step starts from)."""
+        bias = weights[self.prior_index]
+        weights[self.prior_index] = bias + prior_logits(scaled_sum, self.prior).reshape(bias.shape)
+        self.server_optimizer.assign(weights)
+        self.prior_pending = False
+        self._row["popularity_prior"] = True
+        log.info("popularity prior released (σ_p=%.3f, %.0f%% of ε alone) and added to the item bias",
+                 self.prior.noise_multiplier, 100 * self.prior.share)  # fmt: skip
+        return weights
 
     def configure_evaluate(self, server_round, parameters, client_manager):
         self.latest_parameters = parameters
@@ -275,7 +310,7 @@ class RecommenderFedAvg(FedAvg):
 
     # What the remaining rounds and the summary need besides the adapter: JSON-able.
     CHECKPOINTED = ("client_privacy", "client_eval", "rounds_failed", "clients_dropped", "round_seconds",
-                    "rounds_completed")  # fmt: skip
+                    "rounds_completed", "prior_pending")  # fmt: skip
 
     def state_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.CHECKPOINTED}
@@ -283,6 +318,8 @@ class RecommenderFedAvg(FedAvg):
     def load_state_dict(self, state: dict) -> None:
         """Continue from a checkpoint's state (JSON turned the client ids into strings)."""
         for k in self.CHECKPOINTED:
+            if k not in state:  # a key added since the checkpoint: keep the fresh value
+                continue
             value = state[k]
             setattr(self, k, {int(c): v for c, v in value.items()} if isinstance(value, dict) else value)
         self.progress.update(self.rounds_completed)

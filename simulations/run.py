@@ -30,7 +30,7 @@ from common.privacy.accounting import PrivacyConfigError  # noqa: E402
 from common.run_store import RunStore  # noqa: E402
 from common.task import check_plans, load_run_data  # noqa: E402
 from simulations.baselines import BASELINES, run_baseline  # noqa: E402
-from simulations.table import format_table  # noqa: E402
+from simulations.table import format_table, protection_line  # noqa: E402
 
 log = logging.getLogger("fedrec")
 
@@ -157,6 +157,7 @@ def main(cfg: DictConfig) -> None:
         # Re-running a sweep into the same folder skips what already finished.
         print(f"fedrec: {out} already holds a completed run of this exact config; skipped")
         print(format_table([(_name(cfg), done)]))
+        print(protection_line(done))
         return
     try:
         summary = execute(cfg, task, out)
@@ -165,6 +166,7 @@ def main(cfg: DictConfig) -> None:
         print(f"fedrec: error: {e}", file=sys.stderr)
         sys.exit(2)
     print(format_table([(_name(cfg), summary)]))
+    print(protection_line(summary))
     print(f"run folder: {out}")
 
 

@@ -21,3 +21,22 @@ def format_table(rows: list[tuple[str, dict]]) -> str:
             f"{_fmt(s['timing'].get('seconds_per_round'), '8.1f')} {s.get('eval_users', 0):>6}"
         )
     return "\n".join(lines)
+
+
+def protection_line(summary: dict) -> str:
+    """Which guarantee the run had, in one line: noise placement, ε/δ, secure aggregation."""
+    p = summary.get("privacy") or {}
+    sa = summary.get("secure_aggregation")
+    if p.get("enabled"):
+        placement = p.get("noise_placement") or "local"
+        prior = " + DP popularity prior" if (p.get("popularity_prior") or {}).get("released") else ""
+        dp = f"user-level DP (ε={p.get('epsilon_max') or 0:.2f}, δ={p.get('delta'):.0e}), {placement} noise{prior}"
+    else:
+        dp = "no differential privacy"
+    if sa:
+        t, n = sa.get("threshold_clients"), sa.get("num_shares_clients")
+        agg = f"{sa.get('protocol', 'secagg+').replace('secagg+', 'SecAgg+')} (server sees only the sum" + (
+            f"; unmasks with {t} of {n} clients)" if t and n else ")")
+    else:
+        agg = "plain FedAvg (server sees each client's update)" if summary.get("kind") == "federated" else None
+    return "privacy: " + dp + (f"; aggregation: {agg}" if agg else "")

@@ -65,12 +65,15 @@ def noise_multiplier_for_plan(
     steps: int,
     accountant: str = "rdp",
     epsilon_tolerance: float = 0.01,
+    prefix: Iterable[HistoryEntry] = (),
 ) -> float:
     """Noise multiplier σ such that ``steps`` Poisson-sampled Gaussian steps at rate q spend at
     most ``target_epsilon`` (and at least ``target_epsilon - epsilon_tolerance``) at ``delta``.
 
     ``steps`` is the whole plan of one client: rounds × local steps per round. Calling this per
     round with the per-round step count would let the total ε grow with the number of rounds.
+    ``prefix`` holds other mechanisms of the same plan (e.g. the popularity prior's release):
+    σ is then chosen so that their composition with the steps spends the target.
     Raises PrivacyConfigError before any training if no σ reaches the target.
     """
     _check_accountant(accountant)
@@ -86,6 +89,10 @@ def noise_multiplier_for_plan(
     if int(steps) != steps or steps < 1:
         raise PrivacyConfigError(f"privacy: bad plan ({plan}): steps must be a positive integer")
 
+    prefix = list(prefix)
+    if prefix:
+        return _search_with_prefix(float(target_epsilon), delta, sample_rate, int(steps), accountant,
+                                   epsilon_tolerance, prefix, plan)  # fmt: skip
     # Imported here: opacus pulls in torch, and callers that only validate δ should not pay that.
     from opacus.accountants.utils import get_noise_multiplier
 
@@ -110,6 +117,36 @@ def noise_multiplier_for_plan(
             f"(opacus: {msg}); raise epsilon or delta, or lower q or steps"
         ) from e
     return float(sigma)
+
+
+def _search_with_prefix(target: float, delta: float, q: float, steps: int, accountant: str, tolerance: float,
+                        prefix: list[HistoryEntry], plan: str) -> float:
+    """Bisection on σ for ``prefix`` composed with ``steps`` steps of (σ, q), as Opacus'
+    own search does for a plan without a prefix."""
+
+    def eps(sigma: float) -> float:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+            return AccountantState(list(prefix)).add(sigma, q, steps).epsilon(delta, accountant)
+
+    floor = AccountantState(list(prefix)).epsilon(delta, accountant)
+    if not floor < target:
+        raise PrivacyConfigError(f"privacy: no noise multiplier reaches {plan} with the {accountant} accountant: "
+                                 f"the plan's other mechanisms already spend ε={floor:.3f}")  # fmt: skip
+    low, high = 0.0, 10.0
+    while eps(high) > target:
+        high *= 2
+        if high > 1e6:
+            raise PrivacyConfigError(f"privacy: no noise multiplier reaches {plan} with the {accountant} accountant")
+    while True:  # invariant: eps(high) <= target < eps(low)
+        mid = (low + high) / 2
+        e = eps(mid)
+        if e > target:
+            low = mid
+        else:
+            high = mid
+            if e >= target - tolerance:
+                return high
 
 
 def _make_opacus_accountant(kind: str) -> Any:

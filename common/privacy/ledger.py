@@ -36,12 +36,14 @@ AGREEMENT = 0.01  # relative difference two accountants may show for the same me
 RESOLUTION = 0.02
 CHECKS = {"rdp": "rdp", "prv": "pld"}
 TRAINED, REFUSED = "trained", "refused_budget"
+PRIOR = "popularity_prior"  # the prior's one release (see common/privacy/popularity_prior.py)
+SPENT = (TRAINED, PRIOR)  # statuses whose mechanism the accountant counts
 
 
 @dataclass(frozen=True)
 class LedgerRow:
     round: int
-    status: str  # trained | refused_budget
+    status: str  # trained | refused_budget | popularity_prior
     steps: int  # DP-SGD steps taken this round
     steps_total: int
     sample_rate: float
@@ -84,10 +86,10 @@ class PrivacyLedger:
         return json.dumps(self.rows)
 
     def accountant(self) -> AccountantState:
-        """Every DP-SGD step the rows record, as one accountant history."""
+        """Every mechanism the rows record (DP-SGD steps, the prior), as one accountant history."""
         state = AccountantState()
         for r in self.rows:
-            if r["status"] == TRAINED and r["steps"]:
+            if r["status"] in SPENT and r["steps"]:
                 state.add(r["noise_multiplier"], r["sample_rate"], r["steps"])
         return state
 
