@@ -31,7 +31,7 @@ TARGET = 2_000_000  # bytes: "≤ 2 MB per client per round" (decimal MB)
 
 def measure(model: str, clients: int, rounds: int, data: list[str], extra: list[str], out: Path) -> dict:
     overrides = [f"model={model}", *data, f"partition.num_clients={clients}", f"strategy.num_rounds={rounds}",
-                 "simulation.measure_bytes=true", *extra, f"hydra.run.dir={out}"]  # fmt: skip
+                 "simulation.measure_bytes=true", "secagg=none", *extra, f"hydra.run.dir={out}"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "FLWR_TELEMETRY_ENABLED": "0", "FEDREC_PROGRESS": "0"}
     proc = subprocess.run([sys.executable, "-m", "simulations.run", *overrides], cwd=ROOT, env=env,
                           capture_output=True, text=True)  # fmt: skip
@@ -63,7 +63,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--dataset-overrides", nargs="*", default=["dataset.num_users=90"],
                    help="data for the runs (bytes do not depend on the users, only on the catalogue)")  # fmt: skip
-    p.add_argument("--overrides", nargs="*", default=[], help="further config overrides, e.g. secagg=secaggplus")
+    p.add_argument("--overrides", nargs="*", default=[], help="further config overrides, e.g. secagg=secaggplus (default: secagg=none)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -53,7 +53,7 @@ def steady(seconds: list[float]) -> float:
 
 
 def bench(clients: int, rounds: int, extra: list[str], tmp: Path, threads: int | None = None) -> dict:
-    common = ["privacy=none", *extra]
+    common = ["privacy=none", "secagg=none", *extra]  # plain FedAvg: secagg_overhead.py measures SecAgg+
     fed = run([*common, f"partition.num_clients={clients}", "strategy.local_epochs=1",
                f"strategy.num_rounds={rounds}", "strategy.fraction_fit=1.0"], tmp / "federated")  # fmt: skip
     cen = run([*common, "baseline=centralized", f"train.epochs={rounds}"], tmp / "centralized", threads)
@@ -89,7 +89,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(r, indent=2))
         return
-    print(f"overrides: {' '.join(args.overrides) or '(defaults)'}; privacy=none; {args.rounds} rounds/epochs; "
+    print(f"overrides: {' '.join(args.overrides) or '(defaults)'}; privacy=none secagg=none; {args.rounds} rounds/epochs; "
           f"median of rounds 2..{args.rounds}; centralized threads: {args.centralized_threads or 'torch default'}")  # fmt: skip
     print(f"federated rounds s: {' '.join(f'{s:.2f}' for s in r['federated_rounds_s'])}; outside rounds "
           f"{r['federated_outside_rounds_s']:.1f} s (imports, data, Ray start, final evaluation)")  # fmt: skip

@@ -143,7 +143,8 @@ def main() -> None:
     else:
         data = args.dataset_overrides
     privacy = ["privacy=dp", "privacy.noise=central"] if args.privacy == "central" else ["privacy=none"]
-    overrides = [*data, "partition=cross_device", f"strategy.fraction_fit={args.fraction}",
+    # secagg=none: all-pairs SecAgg+ over one-user clients is refused (quadratic key agreement).
+    overrides = [*data, "partition=cross_device", "secagg=none", f"strategy.fraction_fit={args.fraction}",
                  f"strategy.num_rounds={args.rounds}", *privacy, *args.overrides]  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         out = args.keep or Path(tmp) / "run"

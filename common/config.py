@@ -75,7 +75,9 @@ def resolve_noise(cfg: DictConfig) -> None:
     if p.get("enabled") and p.get("noise") not in NOISE_PLACEMENTS:
         raise ValueError(f"privacy.noise={p.get('noise')!r}: expected one of auto, {', '.join(NOISE_PLACEMENTS)}")
     if "popularity_prior" in p and p.popularity_prior is None:
-        p.popularity_prior = 0.1 if p.get("enabled") and p.noise == "distributed" else 0.0
+        # Baselines train with their own DP-SGD and never release the prior.
+        federated = not cfg.get("baseline")
+        p.popularity_prior = 0.1 if federated and p.get("enabled") and p.noise == "distributed" else 0.0
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -110,3 +110,46 @@ def test_causal_cache_benchmark_reports_exact_states_and_positive_ratios():
     assert out["train_ratio"] > 0 and out["score_ratio"] > 0 and out["fill_s_per_prompt"] > 0
     # The cached path is the same computation: differences are float rounding only.
     assert out["max_grad_diff"] < 1e-5 and out["max_score_diff"] < 1e-5
+
+
+def _ml1m_convert():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ml1m_pairs", ROOT / "benchmarks" / "ml1m_pairs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.convert
+
+
+def test_ml1m_pairs_converter_gives_a_random_order_the_csv_loader_reads(tmp_path):
+    """A tiny ML-1M-shaped folder: every pair kept, each user's timestamps a permutation."""
+    import pandas as pd
+
+    from common.data import load_dataset
+
+    convert = _ml1m_convert()
+    src = tmp_path / "ml-1m"
+    src.mkdir()
+    pairs = [(str(u), str(m)) for u in (1, 2, 3) for m in range(1, 8) if (u + m) % 3]
+    pd.DataFrame(pairs, columns=["userID", "movieID"]).to_parquet(src / "ratings-ids-only.parquet")
+    (src / "movies.dat").write_text("".join(f"{m}::Film {m} (1999)::Drama|Comedy\n" for m in range(1, 8)),
+                                    encoding="latin-1")  # fmt: skip
+    (src / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16::70072\n3::M::25::15::55117\n")
+    stats = convert(src, tmp_path / "out", seed=3)
+    assert stats == {"pairs": len(pairs), "users": 3, "items": 7}
+    inter = pd.read_csv(tmp_path / "out" / "interactions.csv", dtype=str)
+    assert sorted(zip(inter.user_id, inter.item_id)) == sorted(pairs)
+    for _, g in inter.groupby("user_id"):
+        assert sorted(g.timestamp.astype(int)) == list(range(len(g)))
+    data = load_dataset("csv", str(tmp_path / "out"))
+    assert data.num_items == 7 and "Film 3 (1999). Genres: Drama, Comedy" in list(data.item_text)
+    with pytest.raises(SystemExit, match="not in movies.dat"):
+        pd.DataFrame([("1", "99")], columns=["userID", "movieID"]).to_parquet(src / "ratings-ids-only.parquet")
+        convert(src, tmp_path / "out2")
+
+
+@pytest.mark.skipif(not (ROOT.parent / "shared/data/ml-1m/ratings-ids-only.parquet").exists(),
+                    reason="ML-1M pairs not present")  # fmt: skip
+def test_ml1m_pairs_converter_on_the_real_pairs(tmp_path):
+    stats = _ml1m_convert()(ROOT.parent / "shared/data/ml-1m", tmp_path, seed=0)
+    assert stats == {"pairs": 1_000_209, "users": 6_040, "items": 3_883}

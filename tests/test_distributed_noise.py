@@ -54,8 +54,11 @@ def test_rounding_slack_inflates_the_noise_to_cover_secagg_quantization():
     plain = distributed_plan(cfg, total_users=600, num_clients=10, delta=1e-4, num_params=0)
     real = distributed_plan(cfg, total_users=600, num_clients=10, delta=1e-4, num_params=63_250)
     step = 2 * 8.0 / 2**22
-    assert real.rounding_slack == pytest.approx(math.sqrt(63_250) * step)
-    assert real.share_std == pytest.approx(plain.share_std * (1 + real.rounding_slack))
+    # d parameters plus the loss coordinate; S = C·√(1 + κ²) + slack.
+    assert real.rounding_slack == pytest.approx(math.sqrt(63_251) * step)
+    assert plain.sensitivity == pytest.approx(math.sqrt(1 + 0.1**2) + plain.rounding_slack)
+    assert real.share_std == pytest.approx(plain.share_std * (real.sensitivity / plain.sensitivity))
+    assert real.share_std == pytest.approx(real.noise_multiplier * real.sensitivity / math.sqrt(real.noise_shares))
 
 
 def test_clients_refuse_a_round_that_could_reveal_an_under_noised_sum():
@@ -113,7 +116,7 @@ def _loss_with_negatives(model, seq, neg, user_loss, gen):
 
 
 def test_distributed_noise_is_refused_without_secure_aggregation():
-    cfg = compose(["privacy.noise=distributed"])
+    cfg = compose(["privacy.noise=distributed", "secagg=none"])
     with pytest.raises(PrivacyConfigError, match="needs secagg=secaggplus"):
         distributed_plan(cfg, total_users=600, num_clients=10, delta=1e-4)
     cfg = compose(["privacy.noise=distributed", "secagg=secaggplus"])

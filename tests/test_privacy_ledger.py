@@ -19,7 +19,8 @@ from common.serialization import get_weights
 from common.task import build_model, federated_plan, load_run_data
 from server.strategy import RecommenderFedAvg
 
-OVERRIDES = ("dataset.num_users=90 dataset.num_items=60 dataset.mean_interactions=12 "
+# Local noise without SecAgg+: the per-client DP-SGD ledger (distributed noise: the last tests).
+OVERRIDES = ("privacy.noise=local secagg=none dataset.num_users=90 dataset.num_items=60 dataset.mean_interactions=12 "
              "partition.num_clients=3 strategy.num_rounds=3 model.num_negatives=8 train.batch_size=10")
 
 
@@ -150,7 +151,7 @@ def test_a_killed_run_restarts_from_the_ledger_and_never_resets_epsilon(tmp_path
 
     root = Path(__file__).resolve().parents[1]
     ledgers = tmp_path / "ledgers"
-    small = ["dataset.num_users=90", "dataset.num_items=60", "dataset.mean_interactions=12", "partition.num_clients=3",
+    small = ["privacy.noise=local", "secagg=none", "dataset.num_users=90", "dataset.num_items=60", "dataset.mean_interactions=12", "partition.num_clients=3",
              "strategy.num_rounds=3", "model.num_negatives=8", f"privacy.ledger_dir={ledgers}"]  # fmt: skip
     env = {**os.environ, "FEDREC_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(root)}
 
