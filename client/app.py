@@ -240,7 +240,7 @@ class RecommenderClient(NumPyClient):
         if with_prior:
             gen = np.random.default_rng(secrets.randbits(63) if noise_seed is None else noise_seed + 1)
             grad_sum.append(noisy_share(user_counts(seqs, self.run.data.num_items), plan.prior, gen))
-            self._record(ledger, server_round, PRIOR, 1, plan.prior.noise_multiplier, 1.0, plan.delta)
+            prior_row = self._record(ledger, server_round, PRIOR, 1, plan.prior.noise_multiplier, 1.0, plan.delta)
         # Every client records the pooled mechanism's step: its users are protected by it.
         ledger_metrics = self._record(ledger, server_round, TRAINED, 1, plan.noise_multiplier,
                                       plan.sample_rate, plan.delta)  # fmt: skip
@@ -252,6 +252,8 @@ class RecommenderClient(NumPyClient):
         # batch size or timings, which would reveal the Poisson sample.
         metrics = {"client_id": self.client_id, "num_users": len(seqs), **ledger_metrics,
                    "train_loss": float("nan"), "steps": 1}  # fmt: skip
+        if with_prior:  # the server copies this row into the run's ledger too
+            metrics.update({f"prior_{k}": v for k, v in prior_row.items() if k != "ledger_status"})
         return grad_sum, 1, metrics
 
     def evaluate(self, parameters, config):

@@ -61,6 +61,8 @@ def default_noise(cfg: DictConfig) -> str:
         return "local"  # a deployment's clients cannot share the global counts distributed noise needs
     if cfg.get("model", {}).get("name") == "causal_lora":
         return "local"  # its DP-SGD runs inside the causal LM's own training loop
+    if cfg.get("strategy", {}).get("name") == "qfedavg":
+        return "local"  # q-FFL weighs each client's own update
     if cfg.get("partition", {}).get("scheme") == "cross_device":
         return "central"  # a one-user client's DP-SGD would protect interactions, not users
     return "distributed"

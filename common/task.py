@@ -314,7 +314,8 @@ def check_strategy(cfg: DictConfig) -> None:
     if not (0 <= float(s.q) < math.inf and 0 < float(s.qffl_lr) < math.inf):
         raise ValueError(f"strategy.q={s.q} must be finite and >= 0, strategy.qffl_lr={s.qffl_lr} finite and > 0")
     if cfg.secagg.enabled:
-        raise ValueError("strategy=qfedavg needs each client's update; secagg=secaggplus shows the server only the sum")
+        raise ValueError("strategy=qfedavg needs each client's update; secagg=secaggplus shows the server only the "
+                         "sum: add secagg=none")  # fmt: skip
     if is_central(cfg) or is_distributed(cfg):
         raise ValueError(f"strategy=qfedavg with privacy.noise={cfg.privacy.noise}: its noise is sized for equal "
                          "client weights; use privacy.noise=local")  # fmt: skip

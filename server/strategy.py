@@ -27,7 +27,7 @@ from common.qffl import qffl_step
 from common.rerank_eval import PREFIX as RERANK_PREFIX
 from common.rerank_eval import client_rerank
 from common.progress import RunProgress, round_status
-from common.privacy.ledger import LedgerRow
+from common.privacy.ledger import PRIOR, LedgerRow
 from common.run_store import RunStore
 from common.serialization import num_bytes
 
@@ -179,6 +179,10 @@ class RecommenderFedAvg(FedAvg):
         for _, r in results:
             m = r.metrics
             cid = int(m["client_id"])
+            if "prior_epsilon" in m:  # the popularity prior's row, before this round's training row
+                prior = {k.removeprefix("prior_"): v for k, v in m.items() if k.startswith("prior_")}
+                self.store.append_ledger({"client_id": cid, "round": server_round, "status": PRIOR, "steps": 1,
+                                          **_ledger_fields(prior)})  # fmt: skip
             if "ledger_status" in m:
                 self.store.append_ledger({"client_id": cid, "round": server_round, "status": m["ledger_status"],
                                           "steps": int(m.get("steps", 0)), **_ledger_fields(m)})  # fmt: skip

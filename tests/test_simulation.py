@@ -30,6 +30,21 @@ def run_cli(tmp_path: Path, *overrides: str, timeout: int = 600) -> subprocess.C
 
 
 @pytest.mark.slow
+def test_seeded_runs_of_the_default_reproduce_their_metrics_exactly(tmp_path):
+    """privacy.seeded_noise=true (not private): sampling, noise, the prior, dropout and SecAgg+'s
+    stochastic rounding all follow the seed, so two runs give identical results."""
+    results = []
+    for name in ("a", "b"):
+        proc = run_cli(tmp_path / name, *SMALL, "privacy.seeded_noise=true")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        summary = json.loads((tmp_path / name / "run" / "summary.json").read_text())
+        losses = [json.loads(line)["train_loss"] for line in (tmp_path / name / "run" / "metrics.jsonl").open()]
+        results.append((summary["metrics"], losses))
+    assert results[0] == results[1]
+    assert results[0][0]["full"]["ndcg@10"] > 0
+
+
+@pytest.mark.slow
 def test_two_round_dp_simulation_writes_a_complete_run_folder(tmp_path):
     proc = run_cli(tmp_path, *SMALL)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -43,16 +58,25 @@ def test_two_round_dp_simulation_writes_a_complete_run_folder(tmp_path):
     privacy = summary["privacy"]
     assert privacy["unit"] == "user" and privacy["delta"] < 1 / 120
     assert len(privacy["per_client"]) == 3
+    # The default: SecAgg+ with distributed noise and the popularity prior, named in the summary.
+    assert summary["secure_aggregation"]["protocol"] == "secagg+" and privacy["noise_placement"] == "distributed"
+    assert "secagg+" in privacy["mechanism"] and privacy["popularity_prior"]["released"]
+    ledger = [json.loads(line) for line in (run / "privacy_ledger.jsonl").read_text().splitlines()]
     # The whole plan spends the target: after the last round every client is at ε ≈ 8.
-    for client in privacy["per_client"].values():
+    for cid, client in privacy["per_client"].items():
         assert client["epsilon"] == pytest.approx(8.0, rel=0.02)
-        # The reported ε equals Google's dp-accounting recomputation of the same mechanism.
-        history = [(client["noise_multiplier"], client["sample_rate"], client["steps"])]
+        rows = [r for r in ledger if str(r["client_id"]) == cid]
+        assert [(r["round"], r["status"]) for r in rows] == [(1, "popularity_prior"), (1, "trained"), (2, "trained")]
+        # The reported ε equals Google's dp-accounting recomputation of the prior + training steps.
+        history = [(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in rows]
+        assert history[0][1:] == (1.0, 1) and client["steps"] == 3
         assert client["epsilon"] == pytest.approx(independent_epsilon(history, client["delta"], "rdp"), rel=0.01)
     assert summary["eval_users"] == summary["data"]["users"] == sum(summary["data"]["client_users"])
     assert {"timing", "fairness", "data"} <= summary.keys()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2]
+    # Distributed noise logs a real (DP) training loss every round, not nan.
+    assert all(0 < r["train_loss"] < 20 and r["train_loss_noise_std"] > 0 for r in rows)
     # The accountant persists across rounds: ε grows from round 1 to round 2, never resets.
     for client, eps1 in rows[0]["epsilon_per_client"].items():
         assert 0 < eps1 < rows[1]["epsilon_per_client"][client]
