@@ -70,11 +70,10 @@ class DistributedPlan:
     def share_std(self) -> float:
         return self.noise_multiplier * self.sensitivity / math.sqrt(self.noise_shares)
 
-
     def history(self) -> list[tuple[float, float, int]]:
         """Every mechanism of the plan, in the accountant's (σ, q, steps) form."""
-        return [*self.prior.history(), (self.noise_multiplier, self.sample_rate, self.steps)] if self.prior else \
-            [(self.noise_multiplier, self.sample_rate, self.steps)]  # fmt: skip
+        prior = self.prior.history() if self.prior else []
+        return [*prior, (self.noise_multiplier, self.sample_rate, self.steps)]
 
 
 def shares_needed(cfg: DictConfig, num_clients: int) -> int:

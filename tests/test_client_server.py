@@ -15,7 +15,8 @@ from common.serialization import get_weights
 from common.task import build_model, federated_plan, load_run_data
 from server.strategy import RecommenderFedAvg
 
-OVERRIDES = ("dataset.num_users=90 dataset.num_items=60 dataset.mean_interactions=12 "
+# The per-client DP-SGD path (local noise, plain FedAvg); the default is tested in test_simulation.py.
+OVERRIDES = ("privacy.noise=local secagg=none dataset.num_users=90 dataset.num_items=60 dataset.mean_interactions=12 "
              "partition.num_clients=3 strategy.num_rounds=3 model.num_negatives=8 train.batch_size=10")
 
 

@@ -43,7 +43,7 @@ def test_the_server_takes_the_qffl_step_on_the_clients_models(tmp_path):
 
 @pytest.mark.parametrize("extra, message", [
     (["secagg=secaggplus"], "secagg"),
-    (["privacy.noise=central"], "privacy.noise=central"),
+    (["privacy.noise=central", "secagg=none"], "privacy.noise=central"),
     (["strategy.q=-1"], "strategy.q=-1"),
     (["strategy.q=inf"], "strategy.q=inf"),
     (["privacy.noise=distributed", "secagg=secaggplus"], "secagg|distributed"),

@@ -166,8 +166,8 @@ def test_updates_are_clipped_into_the_range_before_masking():
 
 def test_a_clipping_range_that_cannot_hold_the_clip_norm_is_refused():
     with pytest.raises(SecAggConfigError, match="update_clip_norm=9 "):
-        check_secagg(compose(["secagg=secaggplus", "secagg.update_clip_norm=9"]))
-    check_secagg(compose(["secagg=secaggplus"]))
+        check_secagg(compose(["secagg=secaggplus", "privacy.noise=local", "secagg.update_clip_norm=9"]))
+    check_secagg(compose(["secagg=secaggplus", "privacy.noise=local"]))
 
 
 def test_quantization_bound_matches_the_settings():
