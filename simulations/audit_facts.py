@@ -77,6 +77,9 @@ def privacy_block(config: dict, summary: dict) -> dict:
         unit = ("user-level, pooled: one DP-SGD example is one user's whole interaction history, one step per round "
                 "over all clients' users; each client adds a share of the noise that only the secure sum reveals: "
                 "(ε, δ) for every user against the server and any client (semi-honest).")
+        if (p.get("popularity_prior") or {}).get("released"):
+            unit += (" The ε includes a DP item-popularity prior released once the same way (each user's counts "
+                     "bounded to L2 norm 1), composed with the training steps in the same accountant.")
     else:
         unit = ("user-level: one DP-SGD example is one user's whole interaction history at one client, and "
                 "per-example clipping bounds each user's influence. Each client's update (and the aggregate and "

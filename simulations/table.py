@@ -30,7 +30,9 @@ def protection_line(summary: dict) -> str:
     if p.get("enabled"):
         placement = p.get("noise_placement") or "local"
         prior = " + DP popularity prior" if (p.get("popularity_prior") or {}).get("released") else ""
-        dp = f"user-level DP (ε={p.get('epsilon_max') or 0:.2f}, δ={p.get('delta'):.0e}), {placement} noise{prior}"
+        eps, delta = p.get("epsilon_max"), p.get("delta")
+        spent = f"ε={eps:.2f}, δ={delta:.0e}" if eps is not None and delta is not None else "nothing spent yet"
+        dp = f"user-level DP ({spent}), {placement} noise{prior}"
     else:
         dp = "no differential privacy"
     if sa:

@@ -282,7 +282,9 @@ def test_a_run_killed_after_round_one_resumes_and_ends_as_an_uninterrupted_run(t
     assert ckpt.round == 1 and not (run / "summary.json").exists()
     before = ledger_rows(tmp_path / "resumed" / "ledgers")
     # Killed before any client recorded round 2: otherwise it would (honestly) spend ε twice.
-    assert {c: [r["round"] for r in rows] for c, rows in before.items()} == {"client_0": [1], "client_1": [1]}
+    # (The default: round 1 releases the popularity prior, then takes the first pooled step.)
+    assert {c: [(r["round"], r["status"]) for r in rows] for c, rows in before.items()} == {
+        c: [(1, "popularity_prior"), (1, "trained")] for c in ("client_0", "client_1")}
 
     resumed = start("resumed", "resume=true")
     # Meanwhile: a completed run with resume=true says so and trains nothing.
@@ -301,13 +303,14 @@ def test_a_run_killed_after_round_one_resumes_and_ends_as_an_uninterrupted_run(t
 
     after, plain = ledger_rows(tmp_path / "resumed" / "ledgers"), ledger_rows(tmp_path / "straight" / "ledgers")
     for client, rows in after.items():
-        assert rows[:1] == before[client]  # continued, never reset, round 1 not retrained
-        assert [r["round"] for r in rows] == [1, 2, 3] and {r["status"] for r in rows} == {"trained"}
+        assert rows[:2] == before[client]  # continued, never reset, round 1 (nor the prior) not redone
+        assert [r["round"] for r in rows] == [1, 1, 2, 3]
+        assert [r["status"] for r in rows] == ["popularity_prior", "trained", "trained", "trained"]
         assert [r["epsilon"] for r in rows] == pytest.approx([r["epsilon"] for r in plain[client]], abs=1e-9)
         entry, straight_entry = (s["privacy"]["per_client"][client.removeprefix("client_")] for s in (summary, reference))
         assert entry["epsilon"] == pytest.approx(straight_entry["epsilon"], abs=1e-9)
         assert entry["steps"] == straight_entry["steps"] == rows[-1]["steps_total"]
-        history = [(rows[0]["noise_multiplier"], rows[0]["sample_rate"], rows[-1]["steps_total"])]
+        history = [(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in rows]
         recomputed = independent_epsilon(history, rows[0]["delta"], "rdp")
         assert entry["epsilon_check"] == pytest.approx(recomputed, abs=1e-9)
         assert entry["epsilon"] == pytest.approx(recomputed, rel=0.01)  # Opacus RDP vs dp-accounting RDP

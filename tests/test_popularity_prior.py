@@ -148,3 +148,18 @@ def test_the_summed_loss_coordinate_estimates_the_mean_training_loss():
         losses = user_loss(model, seqs, 6, 40, 4, neg_gen, torch.device("cpu"))
     assert plan.mean_loss(float(arrays[-1][0])) == pytest.approx(float(losses.clamp(max=6.0).mean()), rel=1e-5)
     assert plan.sensitivity == pytest.approx(0.5 * math.sqrt(1.01))
+
+
+def test_the_printed_protection_line_names_placement_guarantee_and_secagg():
+    from simulations.table import protection_line
+
+    summary = {"kind": "federated", "privacy": {"enabled": True, "epsilon_max": 7.99, "delta": 1e-4,
+               "noise_placement": "distributed", "popularity_prior": {"released": True}},
+               "secure_aggregation": {"protocol": "secagg+", "threshold_clients": 6, "num_shares_clients": 10}}  # fmt: skip
+    line = protection_line(summary)
+    assert "ε=7.99, δ=1e-04" in line and "distributed noise + DP popularity prior" in line
+    assert "SecAgg+" in line and "6 of 10" in line
+    # A run whose every round failed has spent nothing and says so instead of crashing.
+    summary["privacy"].update(epsilon_max=None, delta=None)
+    summary["secure_aggregation"] = None
+    assert "nothing spent yet" in protection_line(summary) and "server sees each client's update" in protection_line(summary)

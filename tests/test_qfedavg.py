@@ -55,7 +55,7 @@ def test_qfedavg_refuses_what_hides_or_mis_sizes_per_client_updates(extra, messa
 
 @pytest.mark.slow
 def test_a_qfedavg_run_completes_with_clients_losses(tmp_path):
-    proc = run_cli(tmp_path, *SMALL, "strategy=qfedavg", "strategy.num_rounds=2", "privacy=none")
+    proc = run_cli(tmp_path, *SMALL, "strategy=qfedavg", "secagg=none", "strategy.num_rounds=2", "privacy=none")
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert 0 < summary["metrics"]["full"]["hr@10"] <= 1

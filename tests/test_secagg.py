@@ -27,7 +27,7 @@ from test_simulation import run_cli  # noqa: E402
 SMALL = [
     "dataset.num_users=120", "dataset.num_items=80", "dataset.mean_interactions=15",
     "partition.num_clients=4", "strategy.num_rounds=1", "model.num_negatives=16", "model.dropout=0.0",
-    "secagg=secaggplus", "privacy.seeded_noise=true",  # reproducible noise: tests only
+    "privacy.noise=local", "secagg=secaggplus", "privacy.seeded_noise=true",  # reproducible noise: tests only
 ]
 
 
@@ -201,9 +201,10 @@ def test_distributed_noise_run_spends_one_pooled_budget(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     privacy = summary["privacy"]
     assert "distributed" in privacy["mechanism"]
-    # Every client accounts the same pooled mechanism: one step per round.
+    # Every client accounts the same pooled mechanism: the prior's release, then one step per round.
     per_client = list(privacy["per_client"].values())
-    assert len(per_client) == 4 and all(c["steps"] == 3 for c in per_client)
+    assert len(per_client) == 4 and all(c["steps"] == 1 + 3 for c in per_client)
+    assert privacy["popularity_prior"]["released"]
     assert len({round(c["epsilon"], 9) for c in per_client}) == 1
     assert per_client[0]["epsilon"] == pytest.approx(8.0, rel=0.02)
     assert summary["secure_aggregation"]["rounds_completed"] == 3
