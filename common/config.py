@@ -79,7 +79,17 @@ def resolve_noise(cfg: DictConfig) -> None:
     if "popularity_prior" in p and p.popularity_prior is None:
         # Baselines train with their own DP-SGD and never release the prior.
         federated = not cfg.get("baseline")
-        p.popularity_prior = 0.1 if federated and p.get("enabled") and p.noise == "distributed" else 0.0
+        p.popularity_prior = default_prior_share(float(p.epsilon)) if federated and p.get("enabled") and \
+            p.noise == "distributed" else 0.0  # fmt: skip
+
+
+def default_prior_share(epsilon: float) -> float:
+    """The prior's default share of ε: 10 %, but at least ε_p = min(0.4, ε/2) on its own.
+
+    Below ε_p ≈ 0.4 the noisy counts stop ranking the popular items (ML-100K validation:
+    ε_p 0.1 / 0.2 / 0.4 / 0.8 give NDCG@10 0.007 / 0.028 / 0.034 / 0.034, popularity 0.034),
+    while RDP composition makes the prior cheap for training (10 % of ε = 8 raises σ by 0.9 %)."""
+    return max(0.1, min(0.4, epsilon / 2) / epsilon)
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -93,6 +93,10 @@ def test_default_config_is_secagg_with_distributed_noise_and_the_prior():
     assert compose(["partition=cross_device", "secagg=none"]).privacy.noise == "central"
     assert compose(["model=causal_lora"]).privacy.noise == "local"
     assert compose(["deployment.catalogue=/x"]).privacy.noise == "local"
+    # A small ε still leaves the prior enough to rank the popular items: ε_p >= min(0.4, ε/2).
+    assert compose(["privacy.epsilon=4"]).privacy.popularity_prior == 0.1
+    assert compose(["privacy.epsilon=1"]).privacy.popularity_prior == pytest.approx(0.4)
+    assert compose(["privacy.epsilon=0.5"]).privacy.popularity_prior == pytest.approx(0.5)
     for cfg in (compose(["privacy.noise=local"]), compose(["privacy=none"]), compose(["privacy.epsilon=inf"])):
         assert cfg.privacy.popularity_prior == 0
     with pytest.raises(ValueError, match="privacy.noise='foo'"):
