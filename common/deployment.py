@@ -3,7 +3,7 @@
 A deployed SuperNode is started with ``--node-config`` keys (docs/deployment.md):
 
 - ``data-path``   its own data folder (required: its presence is what makes a client "deployed");
-- ``data-format`` ``csv`` (default, the generic folder of DESIGN.md) | ``movielens_100k`` | ``movielens_1m``;
+- ``data-format`` ``csv`` (default, the generic folder, README "Data formats") | ``movielens_100k`` | ``movielens_1m``;
 - ``client-id``   the integer the coordinator gave this organisation (required; keys ``summary.json``'s
   per-client entries);
 - ``state-dir``   where the client keeps what must survive restarts: its privacy ledger and its cached

@@ -1,4 +1,4 @@
-"""Leave-one-out evaluation of the adapter on a set of users (DESIGN.md, evaluation protocol).
+"""Leave-one-out evaluation of the adapter on a set of users (README, "What the main job does").
 
 Full ranking over every item except the items in the user's input history (for the test item:
 training items + the validation item; for the validation item: training items). Sampled

@@ -1,4 +1,4 @@
-"""Fairness of an evaluation, as sums that add up across clients (DESIGN.md: across users,
+"""Fairness of an evaluation, as sums that add up across clients (across users,
 clients and items): per-group sums of NDCG@10 / HR@10 and user counts, and how often each item
 is in a top-10 list (:class:`FairnessSums`), so a federation's fairness block equals the
 centralized one. The metric formulas live in :mod:`common.metrics.fairness`.

@@ -21,7 +21,7 @@ HEADER = (
     "context. Write a response that appropriately completes the request."
 )
 ANSWERS = ("Yes", "No")  # first token of TALLRec's "Yes." / "No." (index 0 = positive)
-LIKED_ABOVE = 3.0  # "liked" = rating > 3, TALLRec's and DESIGN.md's label
+LIKED_ABOVE = 3.0  # "liked" = rating > 3, TALLRec's label
 
 
 def item_title(text: str) -> str:

@@ -1,4 +1,4 @@
-"""A run's output folder (DESIGN.md): config.yaml, metrics.jsonl, summary.json.
+"""A run's output folder (README, "What the main job does"): config.yaml, metrics.jsonl, summary.json.
 
 ``summary.json`` is written once, atomically, and only when the run completed, so a folder
 without it is an incomplete run.
@@ -115,7 +115,7 @@ def build_summary(
     rounds: int,
     private: bool | None = None,
 ) -> dict:
-    """The summary.json every run writes (DESIGN.md contract); callers add their own blocks.
+    """The summary.json every run writes (the documented contract); callers add their own blocks.
 
     ``per_client`` maps a client (or "central"/"server") to its privacy entry with at least
     ``epsilon`` and ``delta``; ``private`` defaults to whether there is any entry."""

@@ -1,7 +1,7 @@
 """fedrec ServerApp: FedAvg of the adapter over Flower's legacy workflow path.
 
 The legacy ``LegacyContext`` + ``DefaultWorkflow`` path is the one Flower's SecAgg+ workflow
-plugs into (DESIGN.md), so secure aggregation only swaps the fit workflow.
+plugs into, so secure aggregation only swaps the fit workflow.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Turn per-row interaction columns into ``InteractionData``.
 
-Every loader (MovieLens, generic folder) ends here, so the ordering contract of DESIGN.md
+Every loader (MovieLens, generic folder) ends here, so the ordering contract (stable by timestamp, ties in file order)
 ("equal timestamps keep the order of the input file") is implemented exactly once.
 """
 

@@ -1,4 +1,4 @@
-"""Leave-one-out by time, the evaluation protocol of DESIGN.md."""
+"""Leave-one-out by time, the evaluation protocol (README)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The generic interaction folder of DESIGN.md: any domain, CSV or Parquet.
+"""The generic interaction folder (README, "Data formats"): any domain, CSV or Parquet.
 
 Errors point where a user would look: CSV problems name the file and the line as an editor
 shows it (header = line 1, quoted multi-line texts counted correctly); Parquet has no lines,

@@ -10,7 +10,7 @@ looked up by name with :func:`get_metric`) and return one value per user, so tha
 report sums and counts and a federated average stays the exact user-weighted mean
 (:class:`MetricSums`).
 
-Protocols (see DESIGN.md "Evaluation protocol"):
+Protocols:
 - full ranking: :func:`full_ranks`, the target against every item except the user's own
   training items;
 - sampled ranking, a labelled secondary (``sampled_*``): :func:`sample_negatives` draws 99 items

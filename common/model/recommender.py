@@ -2,9 +2,10 @@
 gradients for (Linear, LayerNorm, Embedding), so DP-SGD needs no custom grad samplers.
 
 A training step only touches the items of each user (history + sampled negatives), so a DP
-step's per-sample work does not grow with the catalogue (DESIGN.md, "DP cost to design
-around"). The item text representation comes from a swappable ``text`` module: frozen
-precomputed LM embeddings (``FrozenText``) or LoRA-tuned top LM layers (``model=lora``).
+step's per-sample work does not grow with the catalogue (with a full softmax, Opacus would
+recompute the adapter for every item per sample). The item text representation comes from a
+swappable ``text`` module: frozen precomputed LM embeddings (``FrozenText``) or LoRA-tuned
+top LM layers (``model=lora``).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class ItemAdapter(nn.Module):
         self.text = text
         self.proj = nn.Linear(text.dim, dim) if text is not None else None
         self.norm = nn.LayerNorm(dim)
-        # Ids let the model learn what text misses (DESIGN.md: text+ids measured best).
+        # Ids let the model learn what text misses (text + ids measured best on ML-100K).
         self.id_emb = nn.Embedding(num_items, dim) if item_ids else None
         if self.id_emb is not None:
             nn.init.normal_(self.id_emb.weight, std=0.02)

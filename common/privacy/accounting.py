@@ -1,4 +1,4 @@
-"""Privacy accounting for user-level DP-SGD (see DESIGN.md "Privacy model").
+"""Privacy accounting for user-level DP-SGD (README, "Privacy model").
 
 Three rules this module enforces:
 - δ < 1 / (number of users protected) — :func:`check_delta`;
