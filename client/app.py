@@ -30,7 +30,7 @@ from common.device import resolve_device
 from common.deployment import client_id_of, is_deployed_node, is_deployment, load_client_data, node_device
 from common.distributed_dp import check_protocol, noisy_gradient_sum
 from common.evaluation import evaluate_users
-from common.privacy.accounting import AccountantState, PrivacyConfigError
+from common.privacy.accounting import PrivacyConfigError
 from common.rerank_eval import PREFIX as RERANK_PREFIX
 from common.rerank_eval import RerankSettings, info_metrics
 from common.privacy.popularity_prior import PRIOR_KEY, noisy_share, user_counts
@@ -223,7 +223,7 @@ class RecommenderClient(NumPyClient):
         ledger = self._ledger()
         check_server_record(ledger, config, self.client_id)
         budget = budget_of(self.cfg.privacy)
-        state = AccountantState(list(ledger.accountant().history))
+        state = ledger.accountant()  # a fresh history built from the rows
         if with_prior:
             state.extend(plan.prior.history())
         after = epsilon_after(state, plan.noise_multiplier, plan.sample_rate, 1, plan.delta,
