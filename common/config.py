@@ -48,6 +48,7 @@ def resolved(cfg: DictConfig) -> DictConfig:
         privacy.enabled = False
     if privacy is not None:
         resolve_noise(out)
+    resolve_threshold(out)
     return out
 
 
@@ -81,6 +82,22 @@ def resolve_noise(cfg: DictConfig) -> None:
         federated = not cfg.get("baseline")
         p.popularity_prior = default_prior_share(float(p.epsilon)) if federated and p.get("enabled") and \
             p.noise == "distributed" else 0.0  # fmt: skip
+
+
+def resolve_threshold(cfg: DictConfig) -> None:
+    """``secagg.reconstruction_threshold=null``: every client with distributed noise, else 0.6.
+
+    With distributed noise each client adds 1/t of the noise variance so that any sum the
+    protocol reveals (at least t clients) carries the full noise; when all m clients survive it
+    carries m/t of it. At t = 0.6·m that is 1.67× the variance the guarantee needs, paid in
+    accuracy every round (ML-100K validation, ε = 8: NDCG@10 0.058 at t = 6 of 10 against
+    0.068 at t = 10). Needing every client costs dropout tolerance instead: a round with a
+    missing client fails and leaves the model unchanged; a lower threshold buys it back."""
+    secagg = cfg.get("secagg")
+    if secagg is None or "reconstruction_threshold" not in secagg or secagg.reconstruction_threshold is not None:
+        return
+    privacy = cfg.get("privacy") or {}
+    secagg.reconstruction_threshold = 1.0 if privacy.get("enabled") and privacy.get("noise") == "distributed" else 0.6
 
 
 def default_prior_share(epsilon: float) -> float:

@@ -121,8 +121,21 @@ def test_distributed_noise_is_refused_without_secure_aggregation():
         distributed_plan(cfg, total_users=600, num_clients=10, delta=1e-4)
     cfg = compose(["privacy.noise=distributed", "secagg=secaggplus"])
     plan = distributed_plan(cfg, total_users=600, num_clients=10, delta=1e-4)
-    assert plan.noise_shares == shares_needed(cfg, 10) == 6  # Flower: round(0.6 × 10)
     assert plan.sample_rate == pytest.approx(32 * 10 / 600)
+
+
+def test_default_threshold_needs_every_client_so_the_revealed_sum_carries_exactly_the_planned_noise():
+    cfg = compose(["privacy.noise=distributed", "secagg=secaggplus"])
+    assert cfg.secagg.reconstruction_threshold == 1.0  # null resolved for distributed noise
+    plan = distributed_plan(cfg, total_users=600, num_clients=10, delta=1e-4)
+    assert plan.noise_shares == shares_needed(cfg, 10) == 10
+    # All 10 shares of variance (σS)²/10: the sum has variance (σS)², not 10/6 of it.
+    assert 10 * plan.share_std**2 == pytest.approx((plan.noise_multiplier * plan.sensitivity) ** 2)
+    lower = compose(["privacy.noise=distributed", "secagg=secaggplus", "secagg.reconstruction_threshold=0.6"])
+    assert distributed_plan(lower, 600, 10, 1e-4).noise_shares == 6  # Flower: round(0.6 × 10)
+    # Other placements keep Flower's usual 60 %: their noise does not depend on it.
+    assert compose(["privacy.noise=local", "secagg=secaggplus"]).secagg.reconstruction_threshold == 0.6
+    assert compose(["privacy=none", "secagg=secaggplus"]).secagg.reconstruction_threshold == 0.6
 
 
 def test_server_optimizer_descends_the_summed_gradient():

@@ -60,7 +60,7 @@ def test_prior_sensitivity_holds_for_the_longest_history_ml100k():
 def test_noise_shares_of_t_clients_sum_to_the_prior_noise():
     _, plan = _plan()
     prior = plan.prior
-    assert prior.noise_shares == plan.noise_shares == 6
+    assert prior.noise_shares == plan.noise_shares == 10  # every client: the default threshold with this placement
     zeros = np.zeros(20_000)
     shares = [noisy_share(zeros, prior, np.random.default_rng(s)) for s in range(prior.noise_shares)]
     total = np.sum(shares, axis=0).astype(np.float64) * prior.scale
