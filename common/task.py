@@ -129,6 +129,8 @@ def _build_model(cfg: DictConfig, run: RunData) -> TextSeqRec:
         dropout=m.dropout,
         item_ids=m.item_ids,
         item_bias=m.get("item_bias", False),
+        user_encoder=m.get("user_encoder", "sasrec"),
+        decay=float(m.get("decay", 1.0)),
     )
 
 

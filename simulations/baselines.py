@@ -193,13 +193,15 @@ def run_centralized(cfg: DictConfig, run: RunData, store: RunStore, kind: str = 
 
 
 def run_sasrec_ids(cfg: DictConfig, run: RunData, store: RunStore) -> dict:
-    """SASRec on item ids: the same encoder and training, no item text."""
+    """SASRec on item ids: the same training, no item text, and SASRec's transformer as the
+    user encoder whatever model.user_encoder says (the classic id-only context baseline)."""
     if cfg.model.name != "projection":
         raise ValueError(f"baseline=sasrec_ids needs model=projection (got model={cfg.model.name})")
     ids_cfg = cfg.copy()
     with open_dict(ids_cfg):
         ids_cfg.model.item_text = False
         ids_cfg.model.item_ids = True
+        ids_cfg.model.user_encoder = "sasrec"
     return run_centralized(ids_cfg, run, store, kind="sasrec_ids")
 
 

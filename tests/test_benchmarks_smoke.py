@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,3 +154,37 @@ def test_ml1m_pairs_converter_gives_a_random_order_the_csv_loader_reads(tmp_path
 def test_ml1m_pairs_converter_on_the_real_pairs(tmp_path):
     stats = _ml1m_convert()(ROOT.parent / "shared/data/ml-1m", tmp_path, seed=0)
     assert stats == {"pairs": 1_000_209, "users": 6_040, "items": 3_883}
+
+
+@pytest.mark.slow
+def test_pooled_dp_reproduces_the_federated_default_run(tmp_path):
+    """benchmarks/pooled_dp.py (the tuning tool) runs the default private run's mechanism without
+    Flower: with seeded noise its adapter equals the real simulation's (SecAgg+, distributed
+    noise, the prior) up to SecAgg+'s quantization, so settings tuned with it mean the same."""
+    from safetensors.numpy import load_file
+
+    overrides = [*TINY_DATA, "partition.num_clients=3", "strategy.num_rounds=3", "privacy.seeded_noise=true",
+                 f"cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "FLWR_TELEMETRY_ENABLED": "0"}
+    proc = subprocess.run([sys.executable, "-m", "simulations.run", *overrides, f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _script("pooled_dp.py", "--seeded-noise", "--eval-every", "3", "--save", str(tmp_path / "pooled"), "--",
+            *overrides)  # fmt: skip
+    fed = load_file(str(tmp_path / "run" / "adapter" / "adapter_model.safetensors"))
+    pooled = dict(np.load(tmp_path / "pooled" / "adapter_seed0.npz"))
+    assert set(fed) == set(pooled)
+    init = _initial_adapter(overrides)
+    moved = max(float(np.abs(pooled[k] - init[k]).max()) for k in pooled)
+    worst = max(float(np.abs(fed[k] - pooled[k]).max()) for k in pooled)
+    assert moved > 1e-2  # three noisy Adam steps and the prior moved the weights
+    assert worst < 1e-3 * moved, f"pooled differs from the federation by {worst} (moved {moved})"
+
+
+def _initial_adapter(overrides):
+    from common.config import compose
+    from common.task import build_model, load_run_data
+
+    cfg = compose(overrides)
+    model = build_model(cfg, load_run_data(cfg))
+    return {n: p.detach().numpy() for n, p in model.named_parameters() if p.requires_grad}

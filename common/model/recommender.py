@@ -118,6 +118,36 @@ class SequenceEncoder(nn.Module):
         return self.norm(x)
 
 
+class MeanEncoder(nn.Module):
+    """Parameter-light user encoder: the state after position t is the recency-weighted mean
+    of items 0..t (weights ``decay``^(t-j); 1 = plain mean, 0 = the last item alone).
+
+    Under DP-SGD the noise grows with the square root of the trainable dimensions; this
+    encoder adds only a LayerNorm to the item adapter, where SASRec's block adds ~33k weights
+    at dim 64 that start random and must be learnt through the noise."""
+
+    def __init__(self, dim: int, max_len: int, decay: float = 1.0) -> None:
+        super().__init__()
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"model.decay={decay}: expected a value in [0, 1]")
+        steps = torch.arange(max_len)
+        lag = (steps[:, None] - steps[None, :]).clamp(min=0).float()
+        weights = torch.where(steps[:, None] >= steps[None, :], decay**lag, torch.zeros(()))
+        if decay == 0.0:  # 0**0 is 1 in torch, but make the intent explicit
+            weights = torch.eye(max_len)
+        self.register_buffer("weights", weights, persistent=False)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, items: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        n = items.shape[1]
+        w = self.weights[:n, :n] * (~pad)[:, None, :].to(items.dtype)  # [B, n, n]
+        total = w.sum(-1, keepdim=True).clamp(min=1e-6)
+        return self.norm(torch.bmm(w, items) / total)
+
+
+USER_ENCODERS = ("sasrec", "mean")
+
+
 class TextSeqRec(nn.Module):
     """The recommender adapter: everything trainable that crosses the network."""
 
@@ -132,6 +162,8 @@ class TextSeqRec(nn.Module):
         dropout: float = 0.1,
         item_ids: bool = False,
         item_bias: bool = False,
+        user_encoder: str = "sasrec",
+        decay: float = 1.0,
     ) -> None:
         super().__init__()
         self.max_len = max_len
@@ -141,7 +173,12 @@ class TextSeqRec(nn.Module):
         if self.bias is not None:
             nn.init.zeros_(self.bias.weight)
         self.item = ItemAdapter(text, dim, num_items, item_ids)
-        self.user = SequenceEncoder(dim, max_len, layers, heads, dropout)
+        if user_encoder == "sasrec":
+            self.user = SequenceEncoder(dim, max_len, layers, heads, dropout)
+        elif user_encoder == "mean":
+            self.user = MeanEncoder(dim, max_len, decay)
+        else:
+            raise ValueError(f"model.user_encoder={user_encoder!r}: expected one of {', '.join(USER_ENCODERS)}")
         # LayerNorm'd vectors have norm ~sqrt(dim); scale dot products back to O(sqrt(dim)).
         self.scale = 1.0 / math.sqrt(dim)
 
