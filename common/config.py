@@ -11,6 +11,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from common.config_schema import ConfigError, check_values, flatten, unknown_key
+
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
@@ -24,24 +26,70 @@ def parse_overrides(overrides: str | list[str] | None) -> list[str]:
 
 
 def compose(overrides: str | list[str] | None = None) -> DictConfig:
-    """The resolved config for ``overrides``, composed from the packaged ``conf/``."""
+    """The resolved, checked config for ``overrides``, composed from the packaged ``conf/``."""
+    overrides = parse_overrides(overrides)
+    known = known_keys(overrides)
+    for o in overrides:  # before Hydra, whose own message would be several lines
+        key, _, value = o.partition("=")
+        key = key.lstrip("+~")
+        if "." in key and not key.startswith("hydra.") and key not in known:
+            raise unknown_key(key, value, known, option_owners(key), raw=True)
+    return resolved(_hydra_compose(overrides), known)
+
+
+def option_owners(key: str) -> list[str]:
+    """The options of ``key``'s config group whose file has ``key`` (``model.lora_r``: model=lora…)."""
+    group, _, rest = key.partition(".")
+    if group not in CONFIG_GROUPS:
+        return []
+    owners = []
+    for path in sorted((CONF_DIR / group).glob("*.yaml")):
+        if rest in flatten(OmegaConf.to_container(OmegaConf.load(path))):
+            owners.append(f"{group}={path.stem}")
+    return owners
+
+
+def _hydra_compose(overrides: list[str]) -> DictConfig:
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=parse_overrides(overrides))
-    return resolved(cfg)
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=overrides)
+    except Exception as e:  # Hydra's own refusals (a bad group option, an unparsable override)
+        from hydra.errors import HydraException
+
+        if isinstance(e, HydraException):
+            raise ConfigError(str(e).strip().splitlines()[0]) from None
+        raise
 
 
-def resolved(cfg: DictConfig) -> DictConfig:
-    """A plain copy with interpolations resolved and Hydra's own runtime node dropped."""
+CONFIG_GROUPS = tuple(sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir()))
+
+
+def known_keys(overrides: list[str]) -> set[str]:
+    """The keys of the config the chosen groups give, before any value override: a key only a
+    ``+key=value`` override adds is one fedrec never reads."""
+    groups = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in CONFIG_GROUPS]
+    for o in groups:
+        group, _, option = o.lstrip("+~").partition("=")
+        options = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        if option and option not in options and group != "tuned":
+            raise ConfigError(f"{group}={option}: no such option; choose one of {', '.join(options)}")
+    return set(flatten(_hydra_compose(groups)))
+
+
+def resolved(cfg: DictConfig, known: set[str] | None = None) -> DictConfig:
+    """A plain copy with interpolations resolved and Hydra's own runtime node dropped, checked
+    against the schema (``known``: the keys the chosen config groups have)."""
     container = OmegaConf.to_container(cfg, resolve=False)
     container.pop("hydra", None)
     out = OmegaConf.create(container)
     OmegaConf.resolve(out)
+    check_values(out, known, option_owners)
     privacy = out.get("privacy")
     if privacy is not None and privacy.get("enabled") and privacy.get("epsilon") == float("inf"):
         # ε = ∞ is the non-private run, so one sweep `privacy.epsilon=1,4,8,inf` covers it.

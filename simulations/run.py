@@ -27,7 +27,7 @@ from common.config import CONF_DIR, resolved, to_yaml  # noqa: E402
 from common.data.types import DataError  # noqa: E402
 from common.model.item_encoder import ModelPathError  # noqa: E402
 from common.privacy.accounting import PrivacyConfigError  # noqa: E402
-from common.run_store import RunStore  # noqa: E402
+from common.run_store import RunFailed, RunStore  # noqa: E402
 from common.task import check_plans, load_run_data  # noqa: E402
 from simulations.baselines import BASELINES, run_baseline  # noqa: E402
 from simulations.table import format_table, protection_line  # noqa: E402
@@ -57,34 +57,44 @@ def execute(cfg: DictConfig, task_overrides: list[str], out: Path) -> dict:
         raise ValueError(f"strategy={cfg.strategy.name!r}: known strategies are fedavg, qfedavg")
     store = RunStore(out)
     ckpt = None
-    if cfg.get("resume") and cfg.baseline is None:
+    resuming = bool(cfg.get("resume")) and cfg.baseline is None
+    if resuming:
         # The ServerApp continues the folder from its checkpoint: nothing here may clear it.
         ckpt = resume_point(cfg, out)  # a checkpoint of another config: one line, before Ray starts
         if is_complete(cfg, out):
             print(f"fedrec: {out} already holds a completed run; resume=true has nothing to do")
             return store.read_summary()
-    else:
-        store.start(cfg)
-        clear_checkpoint(out)  # a later resume=true must not continue an older run's state
+    # Every check that needs the data runs before anything is written: a refused run leaves
+    # no config.yaml behind (main() then removes the folder Hydra made for it).
     run = load_run_data(cfg)  # also encodes item text once, so clients find it cached
     if ckpt is not None:
         check_catalogue(ckpt.catalogue, run.data, catalogue_source(cfg), "resume=true")
+    if cfg.baseline is None:
+        check_plans(cfg, run)
+    if not resuming:
+        store.start(cfg)
+        clear_checkpoint(out)  # a later resume=true must not continue an older run's state
     if cfg.baseline is not None:
         summary = run_baseline(cfg, run, store)
     else:
-        check_plans(cfg, run)
         from simulations.engine import run_flower_simulation
 
         sim = cfg.simulation
-        run_flower_simulation(
-            app_overrides(task_overrides, out),
-            num_clients=run.num_clients,
-            num_cpus_per_client=sim.num_cpus_per_client,
-            num_gpus_per_client=sim.num_gpus_per_client,
-            backend=sim.backend,
-        )
+        try:
+            run_flower_simulation(
+                app_overrides(task_overrides, out),
+                num_clients=run.num_clients,
+                num_cpus_per_client=sim.num_cpus_per_client,
+                num_gpus_per_client=sim.num_gpus_per_client,
+                backend=sim.backend,
+            )
+        except Exception:
+            if store.read_failure():  # the ServerApp stopped on purpose and said why
+                raise RunFailed(store.read_failure()) from None
+            raise
         if not store.summary_path.exists():
-            raise RuntimeError(f"the federated run did not complete (no {store.summary_path}); see the log above")
+            raise RunFailed(store.read_failure() or
+                            f"the federated run did not complete (no {store.summary_path}); see the log above")
         return store.read_summary()
     store.write_summary(summary)
     return summary
@@ -128,9 +138,65 @@ def chosen_run_dir(hydra_overrides: list[str]) -> bool:
     return any(o.split("=", 1)[0].lstrip("+") in ("hydra.run.dir", "hydra.sweep.dir") for o in hydra_overrides)
 
 
+HYDRA_FILES = (".hydra", "run.log", "config.yaml")  # what a run's folder holds before it trains
+
+
+def discard_unstarted(out: Path) -> None:
+    """Remove the folder of a run refused before it trained: Hydra creates it (``.hydra/``,
+    ``run.log``) before any check can run. A folder holding anything else (an earlier run's
+    metrics, summary, checkpoint or ledgers) is left as it is."""
+    if not out.is_dir() or any(p.name not in HYDRA_FILES and p.suffix != ".log" for p in out.iterdir()):
+        return
+    import shutil
+
+    logging.shutdown()  # run.log is open in Hydra's file handler
+    shutil.rmtree(out, ignore_errors=True)
+
+
+def precheck(argv: list[str]) -> str | None:
+    """Compose and check every run a command line asks for (each combination of a sweep)
+    before Hydra creates any folder; the first refusal as one line, else None."""
+    from itertools import product
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from common.config import compose
+
+    flags = [a for a in argv if a.startswith("-")]
+    if any(f not in ("-m", "--multirun") for f in flags):
+        return None  # --cfg, --help, --info …: Hydra's own business
+    args = [a for a in argv if not a.startswith("-")]
+    ours = [a for a in args if not a.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    try:
+        parsed = OverridesParser.create().parse_overrides(ours)
+    except Exception as e:  # noqa: BLE001 - Hydra's parse errors: shown as one line
+        return str(e).strip().splitlines()[0]
+    choices = []
+    for raw, o in zip(ours, parsed):
+        if o.is_sweep_override() and flags:
+            key = raw.split("=", 1)[0]
+            choices.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+        else:
+            choices.append([raw])
+    for combination in product(*choices):
+        try:
+            compose(list(combination))
+        except ValueError as e:
+            return str(e)
+    return None
+
+
+def main() -> None:
+    problem = precheck(sys.argv[1:])
+    if problem is not None:
+        print(f"fedrec: error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    hydra_main()
+
+
 # An absolute path: a relative one resolves against the caller, which breaks the `fedrec` script.
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     # Flower logs to its own console handler; through Hydra's root handler too, every line
     # would print twice, DEBUG included.
     logging.getLogger("flwr").propagate = False
@@ -143,7 +209,7 @@ def main(cfg: DictConfig) -> None:
         sys.exit(2)
     out = Path(cfg.output_dir or hc.runtime.output_dir).resolve()
     task = list(hc.overrides.task)
-    cfg = resolved(cfg)
+    cfg = resolved(cfg)  # main() checked the command line's keys first (precheck)
     cfg.output_dir = str(out)
     if cfg.dataset.path:
         cfg.dataset.path = str(Path(cfg.dataset.path).resolve())
@@ -164,7 +230,12 @@ def main(cfg: DictConfig) -> None:
     except (DataError, PrivacyConfigError, ModelPathError, ValueError) as e:
         # Bad input: one clear line, no traceback, nothing half-written.
         print(f"fedrec: error: {e}", file=sys.stderr)
+        if not cfg.get("resume"):
+            discard_unstarted(out)
         sys.exit(2)
+    except RunFailed as e:  # it ran but produced no result: the folder keeps its logs
+        print(f"fedrec: error: {e} (run folder: {out})", file=sys.stderr)
+        sys.exit(1)
     print(format_table([(_name(cfg), summary)]))
     print(protection_line(summary))
     print(f"run folder: {out}")
