@@ -36,7 +36,7 @@ from common.rerank_eval import RerankSettings, info_metrics
 from common.privacy.popularity_prior import PRIOR_KEY, noisy_share, user_counts
 from common.privacy.ledger import (PRIOR, REFUSED, TRAINED, LedgerRow, PrivacyLedger, budget_of, check_server_record,
                                    cross_checked, epsilon_after, ledger_path, within_budget)  # fmt: skip
-from common.secure_aggregation import clip_update, dropout_clients, update
+from common.secure_aggregation import check_finite, clip_update, dropout_clients, update
 from common.serialization import get_weights, set_weights
 from common.task import (
     ClientPlan,
@@ -196,6 +196,9 @@ class RecommenderClient(NumPyClient):
             metrics.update(self._record(ledger, server_round, TRAINED, steps, plan.dp.noise_multiplier,
                                         plan.sample_rate, plan.delta))  # fmt: skip
         delta = update(get_weights(model), parameters)
+        # Refused here, not averaged in: under SecAgg+ a NaN would be quantized into a finite
+        # but meaningless sum the server cannot tell from a real one.
+        check_finite(delta, f"client {self.client_id}, round {server_round}")
         if is_central(self.cfg):
             # DP-FedAvg: the server's DP wrapper sends the clip norm; equal weights keep one
             # client's influence on the mean at C/K, which its noise is sized for.
@@ -244,6 +247,7 @@ class RecommenderClient(NumPyClient):
         # Every client records the pooled mechanism's step: its users are protected by it.
         ledger_metrics = self._record(ledger, server_round, TRAINED, 1, plan.noise_multiplier,
                                       plan.sample_rate, plan.delta)  # fmt: skip
+        check_finite(grad_sum, f"client {self.client_id}, round {server_round}")
         limit = self.cfg.secagg.clipping_range
         clamped = int(sum((np.abs(g) > limit).sum() for g in grad_sum))
         if clamped:  # logged here, never sent: it depends on this client's lightly-noised sum

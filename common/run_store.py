@@ -54,6 +54,10 @@ def _clean(value: Any) -> Any:
     return value
 
 
+class RunFailed(RuntimeError):
+    """A run that ended without a result; the one-line reason is kept in ``failed.txt``."""
+
+
 class RunStore:
     def __init__(self, directory: str | Path) -> None:
         self.dir = Path(directory)
@@ -67,9 +71,23 @@ class RunStore:
         """Begin a run here: the config, and no metrics or summary left from an earlier run
         (a stale summary.json would pass for this run's result)."""
         self.summary_path.unlink(missing_ok=True)
+        self.failure_path.unlink(missing_ok=True)
         (self.dir / "metrics.jsonl").unlink(missing_ok=True)
         (self.dir / "privacy_ledger.jsonl").unlink(missing_ok=True)
         atomic_write(self.dir / "config.yaml", to_yaml(cfg))
+
+    @property
+    def failure_path(self) -> Path:
+        return self.dir / "failed.txt"
+
+    def fail(self, reason: str) -> RunFailed:
+        """Record why the run ended without a result (no summary.json is written) and return
+        the exception to raise; the harness prints the reason as its one line."""
+        atomic_write(self.failure_path, reason + "\n")
+        return RunFailed(reason)
+
+    def read_failure(self) -> str | None:
+        return self.failure_path.read_text().strip() if self.failure_path.is_file() else None
 
     def append_metrics(self, row: dict) -> None:
         with open(self.dir / "metrics.jsonl", "a") as f:

@@ -30,6 +30,57 @@ def check_secagg(cfg: DictConfig) -> None:
         raise SecAggConfigError(f"secagg.on_failure={s.on_failure!r}: expected continue or stop")
 
 
+def sampled_clients(cfg: DictConfig, num_clients: int) -> int:
+    """Clients sampled per round, by Flower FedAvg's rule and the server's min_fit_clients."""
+    min_fit = min(num_clients, max(int(cfg.strategy.min_fit_clients), 1))
+    return min(num_clients, max(int(num_clients * float(cfg.strategy.fraction_fit)), min_fit))
+
+
+def protocol_sizes(cfg: DictConfig, sampled: int) -> tuple[int, int]:
+    """(shares per client, unmasking threshold) as Flower's SecAgg+ workflow computes them."""
+    s = cfg.secagg
+    if isinstance(s.num_shares, float):
+        shares = round(s.num_shares * sampled)
+        if shares < sampled and shares % 2 == 0:
+            shares += 1
+        if shares <= 2:
+            shares = sampled
+    else:
+        shares = int(s.num_shares)
+    t = s.reconstruction_threshold
+    threshold = max(round(t * shares), 2) if isinstance(t, float) else int(t)
+    return shares, threshold
+
+
+def check_secagg_round(cfg: DictConfig, num_clients: int) -> None:
+    """Refuse a SecAgg+ set-up under which no round could ever aggregate: every round would
+    fail and the run would end with the untrained model."""
+    if not cfg.secagg.enabled:
+        return
+    sampled = sampled_clients(cfg, num_clients)
+    if sampled < 2:
+        raise SecAggConfigError(
+            f"secagg=secaggplus needs at least 2 clients per round; this run samples {sampled} of its "
+            f"{num_clients} (partition.num_clients={num_clients}, strategy.fraction_fit="
+            f"{cfg.strategy.fraction_fit}): add clients or secagg=none"
+        )
+    shares, threshold = protocol_sizes(cfg, sampled)
+    if threshold > min(shares, sampled):
+        raise SecAggConfigError(
+            f"secagg.reconstruction_threshold={cfg.secagg.reconstruction_threshold} asks for {threshold} "
+            f"shares to unmask, but each client shares with only {min(shares, sampled)} of the {sampled} "
+            "clients sampled per round: no round could aggregate"
+        )
+
+
+def check_finite(arrays: list[np.ndarray], who: str) -> None:
+    """A client never sends a NaN or Inf: the round fails for it (one line) instead."""
+    bad = sum(int(np.size(a) - np.isfinite(a).sum()) for a in arrays)
+    if bad:
+        raise ValueError(f"{who}: the update holds {bad} NaN/Inf value(s): training diverged; not sent "
+                         "(lower the learning rate: train.lr, or privacy.lr under DP)")  # fmt: skip
+
+
 def update(local: list[np.ndarray], global_: list[np.ndarray]) -> list[np.ndarray]:
     """What a client sends: local − global (small values, so quantization loses little)."""
     return [a - b for a, b in zip(local, global_)]

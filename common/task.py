@@ -23,7 +23,7 @@ from common.model.item_encoder import encode_texts
 from common.model.recommender import FrozenText, TextSeqRec
 from common.privacy.accounting import PrivacyConfigError, check_delta, noise_multiplier_for_plan
 from common.privacy.audit import AuditInfo, audit_active, inject_audit
-from common.secure_aggregation import check_secagg
+from common.secure_aggregation import check_secagg, check_secagg_round
 from common.training import DPSettings, sample_rate, steps_per_epoch, trainable_sequences
 
 log = logging.getLogger("fedrec")
@@ -291,6 +291,7 @@ def check_plans(cfg: DictConfig, run: RunData) -> None:
     elif cfg.privacy.enabled:
         for client in range(run.num_clients):
             federated_plan(cfg, run, client)
+    check_secagg_round(cfg, run.num_clients)
 
 
 def check_placement(cfg: DictConfig) -> None:

@@ -14,6 +14,7 @@ from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 from flwr.app import Context
 from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
@@ -114,13 +115,17 @@ def main(grid: Grid, context: Context) -> None:
     try:
         DefaultWorkflow(fit_workflow=shifted(fit_workflow(cfg, run) or default_fit_workflow, done),
                         evaluate_workflow=shifted(default_evaluate_workflow, done))(grid, legacy)  # fmt: skip
+    except RuntimeError as e:  # the strategy's own stops (a failed secure round, failing clients)
+        raise store.fail(str(e).strip().splitlines()[0]) from e
     finally:
         strategy.progress.close()
 
-    set_weights(model, parameters_to_ndarrays(strategy.latest_parameters))
+    weights = parameters_to_ndarrays(strategy.latest_parameters)
+    check_trained(store, strategy, weights, s.num_rounds)
+    set_weights(model, weights)
     save_adapter(model, adapter_config(cfg, run), store.dir / "adapter")
     if strategy.final_eval is None or strategy.rounds_completed < s.num_rounds:
-        raise RuntimeError(f"run stopped after {strategy.rounds_completed}/{s.num_rounds} rounds; no summary written")
+        raise store.fail(f"run stopped after {strategy.rounds_completed}/{s.num_rounds} rounds; no summary written")
     seconds = (ckpt.seconds if ckpt is not None else 0.0) + time.perf_counter() - started
     summary = federated_summary(cfg, run, strategy, num_bytes(initial), seconds)
     resumes = resumed_rounds(ckpt)
@@ -134,6 +139,19 @@ def main(grid: Grid, context: Context) -> None:
         summary["privacy"]["resumes_counted"] = len(resumes)
     store.write_summary(summary)
     strategy.checkpoint(strategy, final=True)  # the last round completes with its summary
+
+
+def check_trained(store: RunStore, strategy: RecommenderFedAvg, weights: list[np.ndarray], rounds: int) -> None:
+    """A run whose model never aggregated, or is not finite, must not look like a result: no
+    adapter, no summary, one line (failed.txt) and a non-zero exit in the harness."""
+    bad = [i for i, w in enumerate(weights) if not np.isfinite(w).all()]
+    if bad:
+        raise store.fail(f"the final model is not finite ({len(bad)} of {len(weights)} tensors hold NaN or Inf): "
+                         "training diverged; lower the learning rate (train.lr, or privacy.lr under DP)")  # fmt: skip
+    aggregated = strategy.rounds_completed - len(strategy.rounds_failed)
+    if strategy.rounds_completed >= rounds and aggregated <= 0:
+        raise store.fail(f"no round aggregated: {len(strategy.rounds_failed)} of {rounds} rounds failed secure "
+                         "aggregation, so the model is the untrained one; see the round warnings above")  # fmt: skip
 
 
 def start_or_resume(cfg, store: RunStore, run, ckpt: ServerCheckpoint | None) -> None:
