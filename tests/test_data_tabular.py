@@ -129,3 +129,50 @@ def test_repeats_are_kept_and_counted_and_rating_is_optional(tmp_path):
     assert d.ratings is None and d.user_attributes is None
     assert d.sequences[0].tolist() == [1, 1, 2]
     assert (d.stats["repeat_interactions"], d.stats["items_without_interactions"]) == (1, 2)
+
+
+# --- W2-2: inputs that used to pass silently ------------------------------------------------
+@pytest.mark.parametrize("header, message", [
+    ("user_id,item_id,timestamp,timestamp", "column 'timestamp' appears twice (columns 3 and 4)"),
+    ("user_id,item_id,user_id,timestamp", "column 'user_id' appears twice (columns 1 and 3)"),
+    ("user_id;item_id;timestamp", "is one column: the file is separated by semicolons"),
+    ("user_id\titem_id\ttimestamp", "is one column: the file is separated by tabs"),
+])  # fmt: skip
+def test_a_repeated_column_or_a_wrong_delimiter_is_refused_naming_file_and_line(tmp_path, header, message):
+    sep = ";" if ";" in header else ("\t" if "\t" in header else ",")
+    fields = len(header.split(sep))
+    row = sep.join(["alice", "A1", "1614592800", "1614592801"][:fields])
+    folder = write(tmp_path / "shop", inter=f"{header}\n{row}\n")
+    with pytest.raises(DataError) as e:
+        load_interaction_folder(folder)
+    assert str(e.value).startswith(f"{folder / 'interactions.csv'}, line 1: ") and message in str(e.value)
+
+
+@pytest.mark.parametrize("token", ["nan", "NaN", "NULL", "None", "N/A", "#N/A", "NA"])
+@pytest.mark.parametrize("column", ["user_id", "item_id"])
+def test_missing_value_markers_are_not_ids(tmp_path, token, column):
+    row = {"user_id": "alice", "item_id": "A1", "timestamp": "1614592800"}
+    row[column] = token
+    inter = INTERACTIONS + ",".join(row.values()) + ",4\n"
+    folder = write(tmp_path / "shop", inter=inter)
+    with pytest.raises(DataError, match=rf"interactions.csv, line 7: {column} '{token}' is a missing-value marker"):
+        load_interaction_folder(folder)
+
+
+def test_an_integer_id_written_as_a_float_is_the_same_id_in_every_file(tmp_path):
+    items = "item_id,text\n244.0,Lamp\n245,Desk\n"
+    inter = "user_id,item_id,timestamp\n7,244,1\n7.0,245,2\n8,244.00,3\n"
+    d = load_interaction_folder(write(tmp_path / "shop", items=items, inter=inter,
+                                      users="user_id,region\n7.0,north\n8,south\n"))  # fmt: skip
+    assert d.item_ids == ["244", "245"] and d.user_ids == ["7", "8"]
+    assert d.sequences[0].tolist() == [0, 1]  # both of user 7's rows, whatever their spelling
+    assert d.user_attributes["region"].tolist() == ["north", "south"]  # attributes not dropped
+    # "007" is not a float spelling: it stays its own id
+    assert load_interaction_folder(write(tmp_path / "b")).item_ids[-1] == "007"
+
+
+def test_a_users_file_that_matches_no_interaction_user_is_refused(tmp_path):
+    folder = write(tmp_path / "shop", users="user_id,region\nu-alice,north\nu-bob,west\n")
+    with pytest.raises(DataError, match=r"users.csv: none of its user_ids appear in interactions.csv \(e.g. "
+                                        r"'u-alice' there, 'alice' here\)"):  # fmt: skip
+        load_interaction_folder(folder)

@@ -8,6 +8,7 @@ so its problems name the row (first data row = row 1).
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,10 @@ from common.data.assemble import MISSING_ATTRIBUTE
 from common.data.types import DataError, InteractionData
 
 _EPOCH = pd.Timestamp(0, tz="UTC")
+# What spreadsheets, pandas and databases write for "no value": never a real user or item id.
+MISSING_TOKENS = frozenset({"nan", "null", "none", "na", "n/a", "<na>", "#n/a", "nil", "undefined"})
+_FLOAT_INTEGER = re.compile(r"([+-]?\d+)\.0+")
+_DELIMITERS = {";": "semicolons", "\t": "tabs", "|": "pipes"}
 
 
 @dataclass
@@ -51,11 +56,25 @@ class _Table:
             out.append(s)
         return out
 
+    def ids(self, name: str) -> list[str]:
+        """An id column: stripped strings, an integer written as a float ("244.0", as a
+        spreadsheet or a float column writes it) read as that integer ("244"), so the same id
+        matches across files; a missing-value token ("nan", "NULL", …) is refused."""
+        out = self.strings(name)
+        for i, s in enumerate(out):
+            if s.lower() in MISSING_TOKENS:
+                raise DataError(f"{self.where(i)}: {name} {s!r} is a missing-value marker, not an id")
+            m = _FLOAT_INTEGER.fullmatch(s)
+            if m:
+                out[i] = m.group(1)
+        return out
+
 
 def load_interaction_folder(path: str | Path) -> InteractionData:
     """Load ``interactions``, ``items`` and optional ``users`` tables from one folder.
 
-    Ids stay strings (so "007" and "7" remain different items); timestamps may be integer
+    Ids stay strings (so "007" and "7" remain different items), except that an integer written
+    as a float ("244.0") is read as the integer ("244"); timestamps may be integer
     seconds or ISO-8601 (naive times are read as UTC). Every item in the items file is in
     the catalogue, with or without interactions.
     """
@@ -64,7 +83,7 @@ def load_interaction_folder(path: str | Path) -> InteractionData:
         raise DataError(f"data folder not found: {folder}")
     items = _read(_find(folder, "items", required=True))
     items.require("item_id", "text")
-    item_ids = items.strings("item_id")
+    item_ids = items.ids("item_id")
     item_text = items.strings("text")
     index = pd.Index(item_ids)
     if not index.is_unique:
@@ -79,8 +98,8 @@ def load_interaction_folder(path: str | Path) -> InteractionData:
     inter.require("user_id", "item_id", "timestamp")
     if not inter.columns["user_id"]:
         raise DataError(f"{inter.path}: no interactions")
-    users = inter.strings("user_id")
-    row_items = index.get_indexer(inter.strings("item_id"))
+    users = inter.ids("user_id")
+    row_items = index.get_indexer(inter.ids("item_id"))
     if (row_items < 0).any():
         bad = int(np.flatnonzero(row_items < 0)[0])
         raise DataError(
@@ -94,6 +113,9 @@ def load_interaction_folder(path: str | Path) -> InteractionData:
     users_path = _find(folder, "users", required=False)
     if users_path is not None:
         attrs = _user_attributes(_read(users_path))
+        if len(attrs) and not attrs.index.isin(users).any():
+            raise DataError(f"{users_path}: none of its user_ids appear in {inter.path.name} (e.g. {attrs.index[0]!r} "
+                            f"there, {users[0]!r} here): every user would lose its attributes")  # fmt: skip
     return assemble(
         f"csv:{folder.name}", item_ids, item_text, np.array(users, dtype=object), row_items,
         timestamps, ratings, attrs,
@@ -124,6 +146,7 @@ def _read_csv(path: Path) -> _Table:
             if not header:
                 raise DataError(f"{path}: empty file (expected a header line)")
             header = [h.strip() for h in header]
+            _check_header(path, header)
             rows, lines = [], []
             start = reader.line_num + 1
             for row in reader:
@@ -144,6 +167,21 @@ def _read_csv(path: Path) -> _Table:
     return _Table(path, columns, lines)
 
 
+def _check_header(path: Path, header: list[str]) -> None:
+    """A header read with the wrong delimiter is one long column; a repeated name would make
+    one column silently shadow the other."""
+    if len(header) == 1:
+        for sep, name in _DELIMITERS.items():
+            if sep in header[0]:
+                raise DataError(f"{path}, line 1: the header {header[0]!r} is one column: the file is separated by "
+                                f"{name}; fedrec reads comma-separated files")  # fmt: skip
+    seen: dict[str, int] = {}
+    for j, name in enumerate(header, start=1):
+        if name in seen:
+            raise DataError(f"{path}, line 1: column {name!r} appears twice (columns {seen[name]} and {j})")
+        seen[name] = j
+
+
 def _read_parquet(path: Path) -> _Table:
     import pyarrow.parquet as pq
 
@@ -153,8 +191,12 @@ def _read_parquet(path: Path) -> _Table:
         table = pq.read_table(path)
     except Exception as e:  # pyarrow raises several types for a damaged file
         raise DataError(f"{path}: not a readable Parquet file ({e})".replace("\n", " ")) from None
+    names = table.column_names
+    if len(set(names)) < len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise DataError(f"{path}: column {dup!r} appears {names.count(dup)} times")
     columns = {}
-    for name in table.column_names:
+    for name in names:
         col = table.column(name)
         if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
             # Native time columns become epoch seconds here, so later code sees one form.
@@ -204,7 +246,7 @@ def _ratings(t: _Table) -> np.ndarray:
 def _user_attributes(t: _Table) -> pd.DataFrame:
     """Attributes as strings: they name groups (fairness, silos), never quantities."""
     t.require("user_id")
-    ids = t.strings("user_id")
+    ids = t.ids("user_id")
     seen: dict[str, int] = {}
     for i, u in enumerate(ids):
         if u in seen:
