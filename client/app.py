@@ -211,6 +211,8 @@ class RecommenderClient(NumPyClient):
                 # client's update is exactly what secure aggregation hides from the server
                 log.warning("client %d: update norm %.3f clipped to secagg.update_clip_norm=%s",
                             self.client_id, norm, self.cfg.secagg.update_clip_norm)  # fmt: skip
+        elif self.cfg.strategy.get("max_update_norm") is not None:  # the server's bound on plain updates
+            delta, _ = clip_update(delta, float(self.cfg.strategy.max_update_norm))
         metrics.update(train_loss=result["loss"], steps=result["steps"], fit_seconds=time.perf_counter() - start)
         return delta, len(seqs), metrics
 

@@ -204,6 +204,9 @@ SCHEMA: dict[str, Spec] = {
     "strategy.evaluate_every": Int(0),
     "strategy.q": Num(0),
     "strategy.qffl_lr": POSITIVE,
+    "strategy.max_update_norm": Num(0, lo_open=True, null=True),
+    "strategy.max_client_weight": Int(1, null=True),
+    "strategy.median_norm_ratio": Num(1, null=True),
     # simulation=
     "simulation.backend": Choice("ray"),
     "simulation.num_cpus_per_client": Num(0, lo_open=True),

@@ -81,6 +81,31 @@ def check_finite(arrays: list[np.ndarray], who: str) -> None:
                          "(lower the learning rate: train.lr, or privacy.lr under DP)")  # fmt: skip
 
 
+def update_problem(
+    arrays: list[np.ndarray], shapes: list[tuple[int, ...]], weight, max_norm: float | None,
+    max_weight: int | None,
+) -> str | None:
+    """Why the server must leave a plain (unmasked) client update out of the average, or None.
+
+    A hostile or broken client can send anything; the mean must not be moved by more than an
+    honest client could move it: same shapes, finite values, L2 norm within the bound the
+    clients clip to, and a weight (its user count) no larger than the declared cap."""
+    if len(arrays) != len(shapes) or any(tuple(np.shape(a)) != tuple(s) for a, s in zip(arrays, shapes)):
+        got = [tuple(np.shape(a)) for a in arrays]
+        return f"shapes {got[:3]}{'…' if len(got) > 3 else ''} ({len(got)} tensors) are not the adapter's ({len(shapes)})"
+    bad = sum(int(np.size(a) - np.isfinite(a).sum()) for a in arrays)
+    if bad:
+        return f"{bad} NaN/Inf value(s)"
+    norm = float(np.sqrt(sum(float(np.sum(np.asarray(a, dtype=np.float64) ** 2)) for a in arrays)))
+    if max_norm is not None and norm > max_norm * (1 + 1e-5):
+        return f"L2 norm {norm:.4g} > the bound {max_norm:g}"
+    if isinstance(weight, bool) or not isinstance(weight, (int, np.integer)) or weight < 1:
+        return f"weight (num_examples) {weight!r} is not a positive integer"
+    if max_weight is not None and weight > max_weight:
+        return f"weight (num_examples) {weight} > the cap {max_weight} (strategy.max_client_weight)"
+    return None
+
+
 def update(local: list[np.ndarray], global_: list[np.ndarray]) -> list[np.ndarray]:
     """What a client sends: local − global (small values, so quantization loses little)."""
     return [a - b for a, b in zip(local, global_)]

@@ -96,6 +96,9 @@ def main(grid: Grid, context: Context) -> None:
         progress=RunProgress(s.num_rounds, "round", "federated"),
         catalogue=catalogue,
         checkpoint=checkpointer(cfg, store, catalogue, started, ckpt),
+        update_bound=float(central.clipping_norm) if central is not None else s.get("max_update_norm"),
+        max_client_weight=max_client_weight(cfg, run),
+        median_norm_ratio=s.get("median_norm_ratio"),
     )
     if ckpt is not None:
         strategy.load_state_dict(ckpt.strategy)
@@ -139,6 +142,16 @@ def main(grid: Grid, context: Context) -> None:
         summary["privacy"]["resumes_counted"] = len(resumes)
     store.write_summary(summary)
     strategy.checkpoint(strategy, final=True)  # the last round completes with its summary
+
+
+def max_client_weight(cfg, run) -> int | None:
+    """The largest weight (user count) a plain update may claim: strategy.max_client_weight, else
+    in a simulation the largest client's user count; a deployment's server knows no sizes."""
+    if cfg.strategy.get("max_client_weight") is not None:
+        return int(cfg.strategy.max_client_weight)
+    if is_deployment(cfg):
+        return None
+    return max(len(rows) for rows in run.partitions)
 
 
 def check_trained(store: RunStore, strategy: RecommenderFedAvg, weights: list[np.ndarray], rounds: int) -> None:

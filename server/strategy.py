@@ -16,7 +16,7 @@ from dataclasses import fields
 
 import numpy as np
 
-from flwr.common import EvaluateIns, FitIns, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import EvaluateIns, FitIns, FitRes, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.strategy import FedAvg
 
 from common.fairness_eval import FairnessSums, fairness_block, fairness_row
@@ -29,6 +29,7 @@ from common.rerank_eval import client_rerank
 from common.progress import RunProgress, round_status
 from common.privacy.ledger import PRIOR, LedgerRow
 from common.run_store import RunStore
+from common.secure_aggregation import update_problem
 from common.serialization import num_bytes
 
 log = logging.getLogger("fedrec")
@@ -53,9 +54,17 @@ class RecommenderFedAvg(FedAvg):
         qffl: tuple[float, float] | None = None,
         catalogue: dict[str, str] | None = None,
         checkpoint=None,
+        update_bound: float | None = None,
+        max_client_weight: int | None = None,
+        median_norm_ratio: float | None = None,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        # Plain updates are checked against these before they are averaged (update_problem),
+        # then scaled down to at most median_norm_ratio × the round's median update norm.
+        self.update_bound = update_bound
+        self.max_client_weight = max_client_weight
+        self.median_norm_ratio = median_norm_ratio
         # Sent in every fit/evaluate config; each client checks its own catalogue against it.
         self.catalogue = dict(catalogue or {})
         # Called with this strategy after every completed round (the server's checkpoint).
@@ -134,6 +143,8 @@ class RecommenderFedAvg(FedAvg):
             log.warning("round %d: client %s refused to train: its privacy budget ε=%s is spent (ε so far %.3f)",
                         server_round, r.metrics["client_id"], r.metrics.get("budget_epsilon"), r.metrics["epsilon"])  # fmt: skip
         trained = [(c, r) for c, r in results if not r.metrics.get("budget_refused")]
+        if not self.tolerate_dropouts:  # plain updates: under SecAgg+ results hold only the sum
+            trained = self._admissible(server_round, trained)
         mean_update = dp_loss = None
         if trained and self.qffl is not None:
             old = parameters_to_ndarrays(self.latest_parameters)
@@ -215,6 +226,43 @@ class RecommenderFedAvg(FedAvg):
             fit_seconds=time.perf_counter() - self._round_start,
         )
         return parameters, {}
+
+    def _admissible(self, server_round: int, results: list) -> list:
+        """The results whose update may enter the average; the others are logged and left out,
+        so the model is unchanged by them (a round left with none keeps the model as it was)."""
+        shapes = [w.shape for w in parameters_to_ndarrays(self.latest_parameters)]
+        kept = []
+        for c, r in results:
+            problem = update_problem(parameters_to_ndarrays(r.parameters), shapes, r.num_examples,
+                                     self.update_bound, self.max_client_weight)  # fmt: skip
+            if problem is None:
+                kept.append((c, r))
+            else:
+                log.warning("round %d: client %s's update rejected: %s", server_round,
+                            r.metrics.get("client_id", "?"), problem)  # fmt: skip
+        if len(kept) < len(results):
+            self._row["updates_rejected"] = len(results) - len(kept)
+        if self.median_norm_ratio is not None and len(kept) > 2:
+            kept = self._clip_to_median(server_round, kept)
+        return kept
+
+    def _clip_to_median(self, server_round: int, results: list) -> list:
+        """A fixed bound must leave room for every honest update, so one client can still send
+        many times a typical update; relative to this round's median norm it cannot."""
+        arrays = [parameters_to_ndarrays(r.parameters) for _, r in results]
+        norms = [float(np.sqrt(sum(float(np.sum(a.astype(np.float64) ** 2)) for a in u))) for u in arrays]
+        limit = self.median_norm_ratio * float(np.median(norms))
+        out = []
+        for (c, r), u, norm in zip(results, arrays, norms):
+            if norm > limit > 0:
+                log.warning("round %d: client %s's update norm %.4g scaled to %.4g (strategy.median_norm_ratio=%s x "
+                            "the round's median)", server_round, r.metrics.get("client_id", "?"), norm, limit,
+                            self.median_norm_ratio)  # fmt: skip
+                scaled = [(a * (limit / norm)).astype(a.dtype) for a in u]
+                r = FitRes(r.status, ndarrays_to_parameters(scaled), r.num_examples, r.metrics)
+                self._row["updates_scaled"] = self._row.get("updates_scaled", 0) + 1
+            out.append((c, r))
+        return out
 
     def _add_prior(self, weights: list[np.ndarray], scaled_sum: np.ndarray) -> list[np.ndarray]:
         """The item bias plus the prior's centred log noisy counts (also into the optimizer's
