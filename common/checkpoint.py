@@ -169,9 +169,11 @@ def check_ledgers_survive(cfg: DictConfig) -> None:
     privacy = cfg.privacy
     per_client = privacy.enabled and privacy.get("noise") in ("local", "distributed")
     deployed = bool((cfg.get("deployment") or {}).get("catalogue"))  # ledgers in each SuperNode's state-dir
-    if per_client and not deployed and not privacy.get("ledger_dir"):
-        raise CheckpointError("resume=true with privacy on needs privacy.ledger_dir (the clients' ε ledgers on "
-                              "disk); without it their ledgers were lost with the killed run")  # fmt: skip
+    # A simulation keeps them under its run folder by default (common.privacy.ledger.ledger_path).
+    if per_client and not deployed and not privacy.get("ledger_dir") and not cfg.get("output_dir"):
+        raise CheckpointError("resume=true with privacy on needs privacy.ledger_dir or the run folder (the "
+                              "clients' ε ledgers on disk); without them their ledgers were lost with the killed "
+                              "run")  # fmt: skip
 
 
 _FINGERPRINTS: dict[int, tuple[weakref.ref, dict[str, str]]] = {}

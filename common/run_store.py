@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,9 @@ class RunStore:
         self.failure_path.unlink(missing_ok=True)
         (self.dir / "metrics.jsonl").unlink(missing_ok=True)
         (self.dir / "privacy_ledger.jsonl").unlink(missing_ok=True)
+        # The clients' default ledgers belong to the run this folder held (a chosen
+        # privacy.ledger_dir elsewhere persists across runs, as budgets there should).
+        shutil.rmtree(self.dir / "ledgers", ignore_errors=True)
         atomic_write(self.dir / "config.yaml", to_yaml(cfg))
 
     @property

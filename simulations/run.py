@@ -30,6 +30,7 @@ from common.privacy.accounting import PrivacyConfigError  # noqa: E402
 from common.run_store import RunFailed, RunStore  # noqa: E402
 from common.task import check_plans, load_run_data  # noqa: E402
 from simulations.baselines import BASELINES, run_baseline  # noqa: E402
+from simulations.interrupt import resume_hint, stop_on_interrupt  # noqa: E402
 from simulations.table import format_table, protection_line  # noqa: E402
 
 log = logging.getLogger("fedrec")
@@ -225,6 +226,9 @@ def hydra_main(cfg: DictConfig) -> None:
         print(format_table([(_name(cfg), done)]))
         print(protection_line(done))
         return
+    federated = cfg.baseline is None
+    stop_on_interrupt(f"stopped; the folder keeps the last completed round ({out}); "
+                      f"{resume_hint(task, out, federated)}")  # fmt: skip
     try:
         summary = execute(cfg, task, out)
     except (DataError, PrivacyConfigError, ModelPathError, ValueError) as e:

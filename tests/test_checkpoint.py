@@ -15,7 +15,7 @@ from flwr.app import Context, RecordDict
 
 from client.app import RecommenderClient
 from common.checkpoint import (CatalogueMismatch, CheckpointError, ServerCheckpoint, catalogue_fingerprint,
-                               check_config, fixed_config, is_complete, keep_rounds_up_to, load_checkpoint, resume_point,
+                               check_config, check_ledgers_survive, fixed_config, is_complete, keep_rounds_up_to, load_checkpoint, resume_point,
                                save_checkpoint)  # fmt: skip
 from common.config import compose
 from common.distributed_dp import ServerOptimizer
@@ -78,13 +78,19 @@ def test_resume_needs_the_run_folder_and_starts_at_round_one_without_a_checkpoin
     assert resume_point(compose(f"output_dir={tmp_path}"), tmp_path) is None
 
 
-def test_resume_with_per_client_ledgers_only_in_memory_is_refused(tmp_path):
-    # Those ledgers died with the killed process: resumed clients would restart ε at 0.
+def test_per_client_ledgers_live_under_the_run_folder_by_default_so_any_killed_run_can_resume(tmp_path):
+    from common.privacy.ledger import ledger_path
+
+    cfg = compose(f"output_dir={tmp_path}")
+    assert ledger_path(cfg, {}, 3) == tmp_path / "ledgers" / "client_3" / "privacy_ledger.jsonl"
+    chosen = compose(f"output_dir={tmp_path} privacy.ledger_dir={tmp_path / 'mine'}")
+    assert ledger_path(chosen, {}, 3) == tmp_path / "mine" / "client_3" / "privacy_ledger.jsonl"
+    assert ledger_path(cfg, {"state-dir": str(tmp_path / "node")}, 3) == tmp_path / "node" / "privacy_ledger.jsonl"
     for noise in ("local", "distributed"):
-        with pytest.raises(CheckpointError, match=r"^resume=true with privacy on needs privacy.ledger_dir"):
-            resume_point(compose(f"resume=true output_dir={tmp_path} privacy.noise={noise}"), tmp_path)
-    for ok in ("privacy=none", "privacy.noise=central", f"privacy.ledger_dir={tmp_path / 'ledgers'}"):
-        assert resume_point(compose(f"resume=true output_dir={tmp_path} {ok}"), tmp_path) is None
+        assert resume_point(compose(f"resume=true output_dir={tmp_path} privacy.noise={noise}"), tmp_path) is None
+    # Only without a run folder would the ledgers have lived in memory (and died with the run).
+    with pytest.raises(CheckpointError, match=r"^resume=true with privacy on needs privacy.ledger_dir or the run"):
+        check_ledgers_survive(compose("resume=true privacy.noise=local"))
 
 
 def test_a_completed_run_without_a_checkpoint_resumes_only_with_its_own_config(tmp_path):

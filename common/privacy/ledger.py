@@ -153,13 +153,21 @@ def epsilon_after(state: AccountantState, noise: float, q: float, steps: int, de
     return after.epsilon(delta, accountant)
 
 
+DEFAULT_LEDGER_DIR = "ledgers"  # under a simulation's run folder
+
+
 def ledger_path(cfg, node_config: dict, client_id: int) -> Path | None:
     """Where a client's ledger lives on disk: the SuperNode's ``state-dir`` (node config) in a
-    deployment, ``privacy.ledger_dir/client_<id>/`` when set, else None (the Flower state)."""
+    deployment, ``privacy.ledger_dir/client_<id>/`` when set, else in a simulation
+    ``RUN_DIR/ledgers/client_<id>/`` (so any killed run can resume), else None (the Flower state)."""
     if node_config.get("state-dir"):
         return Path(str(node_config["state-dir"])) / "privacy_ledger.jsonl"
-    if cfg.privacy.get("ledger_dir"):
-        return Path(cfg.privacy.ledger_dir) / f"client_{client_id}" / "privacy_ledger.jsonl"
+    root = cfg.privacy.get("ledger_dir")
+    deployed = bool((cfg.get("deployment") or {}).get("catalogue"))
+    if not root and not deployed and cfg.get("output_dir"):
+        root = Path(cfg.output_dir) / DEFAULT_LEDGER_DIR
+    if root:
+        return Path(root) / f"client_{client_id}" / "privacy_ledger.jsonl"
     return None
 
 
