@@ -121,6 +121,8 @@ def main() -> None:
         run = load_run_data(cfg)
         counts = np.bincount(np.concatenate(run.split.train), minlength=run.split.num_items)
         rare = np.flatnonzero((counts >= 2) & (counts <= 5))
+        if len(rare) == 0:  # a small catalogue: the five least popular items
+            rare = np.argsort(counts, kind="stable")[:5]
         target = int(np.random.default_rng(seed).choice(rare))
         for attack, bounds, attacker in SCENARIOS:
             ndcg, share = run_scenario(cfg, run, attack, bounds, attacker, seed, args.rounds, args.boost, args.claim,

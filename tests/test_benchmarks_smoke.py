@@ -188,3 +188,14 @@ def _initial_adapter(overrides):
     cfg = compose(overrides)
     model = build_model(cfg, load_run_data(cfg))
     return {n: p.detach().numpy() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_hostile_client_prints_every_scenario():
+    proc = _script("hostile_client.py", "--rounds", "1", "--", *TINY_DATA, "partition.num_clients=4")
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "±" in line]
+    assert len(rows) == 10
+    cells = {tuple(c.strip() for c in r.split("|")[1:4]): r.split("|")[4:6] for r in rows}
+    # A naive attacker is rejected every round whatever it sends: the promote and sink runs then
+    # average the same nine honest updates, so they end with the same model and metrics.
+    assert cells[("promote", "fixed", "naive")] == cells[("sink", "fixed", "naive")]
+    assert cells[("promote", "off", "–")] != cells[("promote", "fixed", "naive")]
