@@ -152,6 +152,8 @@ def load_run(root: Path, folder: Path) -> Run:
             summary = json.loads((folder / "summary.json").read_text())
         except (OSError, ValueError) as e:
             note = f"summary.json unreadable: {type(e).__name__}"
+    if (folder / "failed.txt").is_file():  # the run ended without a result, and said why
+        note = "failed: " + (folder / "failed.txt").read_text(errors="replace").strip()
     if (folder / "metrics.jsonl").is_file():
         for line in (folder / "metrics.jsonl").read_text(errors="replace").splitlines():
             try:  # a crash can leave a half-written last line

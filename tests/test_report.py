@@ -377,3 +377,14 @@ def test_a_reranked_run_gets_a_second_fairness_row_and_csv_columns(tmp_path):
     reranked = table[f"{row['label']} + UGF re-rank"]
     assert plain[1:5] == ["0.0480", "0.0200", "0.0500", "-0.0300"]
     assert reranked[1:5] == ["0.0460", "0.0300", "0.0450", "-0.0150"]
+
+
+def test_a_failed_run_is_listed_with_its_reason(tmp_path):
+    from simulations.report import load_run
+
+    run = tmp_path / "sweep" / "diverged"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("seed: 0\n")
+    (run / "failed.txt").write_text("the final model is not finite (2 of 7 tensors hold NaN or Inf)\n")
+    loaded = load_run(tmp_path, run)
+    assert not loaded.complete and loaded.note == "failed: the final model is not finite (2 of 7 tensors hold NaN or Inf)"
