@@ -11,7 +11,7 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test test-fast clean bench bench-scale
+.PHONY: install run test test-fast lint format clean bench bench-scale
 
 install: $(STAMP)
 
@@ -28,8 +28,17 @@ $(STAMP): pyproject.toml constraints.txt
 run: install
 	$(PY) -m simulations.run
 
-test: install
+test: install lint
 	$(PY) -m pytest -q
+
+# Lint and format check (ruff, configured in pyproject.toml); `make format` rewrites in place.
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: install
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"

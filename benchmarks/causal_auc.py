@@ -32,11 +32,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common.causal_task import evaluate_causal, train_causal  # noqa: E402
+from common.causal.task import evaluate_causal, train_causal  # noqa: E402
 from common.config import compose  # noqa: E402
 from common.metrics.auc import AucHistogram  # noqa: E402
 from common.metrics.ranking import MetricSums  # noqa: E402
-from common.task import build_model, federated_plan, is_central, learning_rate, load_run_data  # noqa: E402
+from common.model.factory import build_model  # noqa: E402
+from common.privacy.plans import federated_plan, is_central, learning_rate  # noqa: E402
+from common.data.run import load_run_data  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

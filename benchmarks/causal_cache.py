@@ -30,10 +30,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
-from common.causal_task import PromptBuilder, user_ratings  # noqa: E402
+from common.causal.task import PromptBuilder, user_ratings  # noqa: E402
 from common.config import compose  # noqa: E402
-from common.model.causal_lm import clear_lower_cache  # noqa: E402
-from common.task import build_model, load_run_data  # noqa: E402
+from common.causal.lm import clear_lower_cache  # noqa: E402
+from common.model.factory import build_model  # noqa: E402
+from common.data.run import load_run_data  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -1,14 +1,14 @@
 """DP-SGD overhead: seconds per training example with Opacus DP-SGD vs without.
 
 Same model, same users, same batch size, same negatives, one process: for each repetition it
-times ``common.training.train_local`` for one epoch without DP (dp=None) and with DP-SGD
+times ``common.training.local.train_local`` for one epoch without DP (dp=None) and with DP-SGD
 (noise_multiplier=1.0, max_grad_norm=1.0), interleaved, after one untimed warm-up call of
 each, and reports the median seconds per example. Each call starts from a fresh copy of the
 same initial model (copied outside the timed region). The DP time includes Opacus'
 ``make_private`` wrapping (once per call, as in a federated round).
 
 One example = one user's history. Poisson sampling makes the DP epoch's size random, so the
-users actually processed are counted (by wrapping ``common.training.user_loss``); the
+users actually processed are counted (by wrapping ``common.training.local.user_loss``); the
 non-DP epoch processes every selected user once.
 
     .venv/bin/python benchmarks/dp_overhead.py
@@ -37,10 +37,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-import common.training as training  # noqa: E402
+import common.training.local as training  # noqa: E402
 from common.config import compose  # noqa: E402
-from common.task import build_model, load_run_data  # noqa: E402
-from common.training import DPSettings, train_local, trainable_sequences  # noqa: E402
+from common.model.factory import build_model  # noqa: E402
+from common.data.run import load_run_data  # noqa: E402
+from common.privacy.dp_sgd import DPSettings  # noqa: E402
+from common.training.local import train_local, trainable_sequences  # noqa: E402
 
 DP = DPSettings(noise_multiplier=1.0, max_grad_norm=1.0)
 
@@ -138,7 +140,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--grad-sample-mode", choices=["auto", "hooks", "ew"], default="auto",
                    help="Opacus per-sample gradient mode; auto = what training uses "
-                        "(common.training.per_sample_gradient_mode); hooks = the old default, for before/after")  # fmt: skip
+                        "(common.privacy.dp_sgd.per_sample_gradient_mode); hooks = the old default, for before/after")  # fmt: skip
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="instead of timing: torch.profiler top-N ops (self CPU) of 2 epochs without and with DP")  # fmt: skip
     p.add_argument("--json", action="store_true")

@@ -37,13 +37,14 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters
 
 from common.config import compose  # noqa: E402
 from common.evaluation import histories, model_scorer  # noqa: E402
-from common.fairness_eval import top_items  # noqa: E402
+from common.fairness.groups import top_items  # noqa: E402
 from common.metrics.ranking import MetricSums, full_ranks  # noqa: E402
-from common.run_store import RunStore  # noqa: E402
-from common.secure_aggregation import clip_update, update  # noqa: E402
+from common.runs.store import RunStore  # noqa: E402
+from common.training.updates import clip_update, update  # noqa: E402
 from common.serialization import get_weights, set_weights  # noqa: E402
-from common.task import build_model, load_run_data, training_sequences  # noqa: E402
-from common.training import train_local  # noqa: E402
+from common.model.factory import build_model  # noqa: E402
+from common.data.run import load_run_data, training_sequences  # noqa: E402
+from common.training.local import train_local  # noqa: E402
 from server.strategy import RecommenderFedAvg  # noqa: E402
 
 # bounds: off | fixed (norm bound + weight cap) | median (also scaled to 3 x the round's median norm)

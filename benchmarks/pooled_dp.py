@@ -29,12 +29,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.config import compose  # noqa: E402
-from common.distributed_dp import ServerOptimizer, noisy_gradient_sum  # noqa: E402
+from common.privacy.distributed import ServerOptimizer, noisy_gradient_sum  # noqa: E402
 from common.evaluation import evaluate_users  # noqa: E402
 from common.privacy.popularity_prior import noisy_share, prior_logits, user_counts  # noqa: E402
 from common.serialization import get_weights, set_weights  # noqa: E402
-from common.task import build_model, learning_rate, load_run_data, pooled_plan, training_sequences  # noqa: E402
-from common.training import trainable_sequences  # noqa: E402
+from common.model.factory import build_model  # noqa: E402
+from common.privacy.plans import learning_rate, pooled_plan  # noqa: E402
+from common.data.run import load_run_data, training_sequences  # noqa: E402
+from common.training.local import trainable_sequences  # noqa: E402
 
 
 def evaluate(model, run, cfg) -> dict:

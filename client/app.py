@@ -24,32 +24,25 @@ from flwr.common import Message, MessageType
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-from common.checkpoint import catalogue_source, check_catalogue
+from common.data.catalogue import catalogue_source, check_catalogue
 from common.config import compose
 from common.device import resolve_device
-from common.deployment import client_id_of, is_deployed_node, is_deployment, load_client_data, node_device
-from common.distributed_dp import check_protocol, noisy_gradient_sum
+from common.deployment.node import client_id_of, is_deployed_node, is_deployment, load_client_data, node_device
+from common.privacy.distributed import check_protocol, noisy_gradient_sum
 from common.evaluation import evaluate_users
 from common.privacy.accounting import PrivacyConfigError
-from common.rerank_eval import PREFIX as RERANK_PREFIX
-from common.rerank_eval import RerankSettings, info_metrics
+from common.fairness.rerank_eval import PREFIX as RERANK_PREFIX
+from common.fairness.rerank_eval import RerankSettings, info_metrics
 from common.privacy.popularity_prior import PRIOR_KEY, noisy_share, user_counts
 from common.privacy.ledger import (PRIOR, REFUSED, TRAINED, LedgerRow, PrivacyLedger, budget_of, check_server_record,
                                    cross_checked, epsilon_after, ledger_path, within_budget)  # fmt: skip
-from common.secure_aggregation import check_finite, clip_update, dropout_clients, update
+from common.training.updates import check_finite, clip_update, update
+from common.secagg.protocol import dropout_clients
 from common.serialization import get_weights, set_weights
-from common.task import (
-    ClientPlan,
-    build_model,
-    federated_plan,
-    is_central,
-    is_distributed,
-    learning_rate,
-    load_run_data,
-    pooled_plan,
-    training_sequences,
-)
-from common.training import mean_loss, train_local, trainable_sequences
+from common.privacy.plans import ClientPlan, federated_plan, is_central, is_distributed, learning_rate, pooled_plan
+from common.model.factory import build_model
+from common.data.run import load_run_data, training_sequences
+from common.training.local import mean_loss, train_local, trainable_sequences
 
 log = logging.getLogger("fedrec")
 LEDGER_KEY = "dp_ledger"
@@ -169,7 +162,7 @@ class RecommenderClient(NumPyClient):
             # q-FFL's F_k: the received global model's loss on this client's users.
             metrics["loss_before"] = mean_loss(model, seqs, self.run.data.num_items, self.cfg.model.num_negatives, seed)
         if self.cfg.model.name == "causal_lora":  # yes/no prompts; same plan check and ledger below
-            from common.causal_task import train_causal
+            from common.causal.task import train_causal
 
             result = train_causal(model, self.run, self.rows, self.cfg, self.cfg.strategy.local_epochs,
                                   self.cfg.train.batch_size, learning_rate(self.cfg), seed, dp)  # fmt: skip
@@ -266,7 +259,7 @@ class RecommenderClient(NumPyClient):
         self._check_catalogue(config)
         model = self._model(parameters)
         if self.cfg.model.name == "causal_lora":  # AUC protocol: a score histogram per label
-            from common.causal_task import evaluate_causal
+            from common.causal.task import evaluate_causal
 
             metrics, loss = evaluate_causal(model, self.run, self.rows, int(self.cfg.model.max_history),
                                             self.cfg.eval.split, int(self.cfg.model.eval_batch_size),

@@ -4,7 +4,7 @@ Full ranking over every item except the items in the user's input history (for t
 training items + the validation item; for the validation item: training items). Sampled
 ranking (1 positive + 99 negatives the user never touched) is the labelled secondary.
 Results are sums and counts, so clients' results add up to the user-weighted mean exactly.
-Fairness travels the same way (:mod:`common.fairness_eval`).
+Fairness travels the same way (:mod:`common.fairness.groups`).
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import numpy as np
 import torch
 
 from common.data.types import LeaveOneOutSplit
-from common.fairness_eval import FAIR_K, FairnessGroups, FairnessSums, top_items
+from common.fairness.groups import FAIR_K, FairnessGroups, FairnessSums, top_items
 from common.metrics.ranking import MetricSums, full_ranks, sample_negatives, sampled_ranks
 from common.model.recommender import TextSeqRec
-from common.rerank_eval import RerankCollector, RerankSettings
-from common.training import left_pad
+from common.fairness.rerank_eval import RerankCollector, RerankSettings
+from common.training.local import left_pad
 
 
 def metric_names(ks: list[int] | tuple[int, ...]) -> list[str]:
@@ -96,7 +96,7 @@ def evaluate_scorer(
 ) -> EvaluatedSums:
     """Metric sums of any scorer mapping users' histories to scores [users, items]; with
     ``groups``, also the fairness sums of the same users (``.fairness``, else None); with
-    ``rerank``, these users' lists re-ranked together (:mod:`common.rerank_eval`): ``rerank_*``
+    ``rerank``, these users' lists re-ranked together (:mod:`common.fairness.rerank_eval`): ``rerank_*``
     sums among the metrics, and ``.rerank_fairness`` / ``.rerank_info``."""
     sums = MetricSums(metric_names(ks))
     fair = FairnessSums.empty(split.num_items) if groups is not None else None
@@ -130,6 +130,6 @@ class EvaluatedSums(MetricSums):
 
     fairness: FairnessSums | None = None
     rerank_fairness: FairnessSums | None = None
-    # What the re-ranker did: one party's values (common.rerank_eval); per client once a
+    # What the re-ranker did: one party's values (common.fairness.rerank_eval); per client once a
     # baseline has merged its clients (simulations.baselines.evaluate_by_client).
     rerank_info: dict | None = None

@@ -24,7 +24,7 @@ from common.data import load_dataset
 from common.device import resolve_device
 from common.model.item_encoder import encode_texts
 from common.serialization import load_adapter
-from common.task import items_fingerprint
+from common.data.catalogue import items_fingerprint
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 
@@ -118,7 +118,8 @@ class Recommender:
         self._users = {u: i for i, u in enumerate(self.data.user_ids)}
 
     def _build(self, cfg: DictConfig, text: np.ndarray):
-        from common.task import RunData, build_model
+        from common.data.run import RunData
+        from common.model.factory import build_model
 
         # build_model reads only the data and the item text; no split or partition is needed.
         run = RunData(data=self.data, split=None, partitions=[], item_text=text)

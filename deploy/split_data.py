@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
 from common.data import DATASETS, DataError, load_dataset  # noqa: E402
-from common.deployment import split_for_deployment  # noqa: E402
+from common.deployment.export import split_for_deployment  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,27 +23,20 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, Key
 from flwr.server.workflow.default_workflows import default_evaluate_workflow, default_fit_workflow
 
-from common.checkpoint import (ServerCheckpoint, catalogue_fingerprint, catalogue_source, check_catalogue,
-                               clear_checkpoint, fixed_config, is_complete, keep_rounds_up_to, resume_point,
-                               save_checkpoint)  # fmt: skip
+from common.runs.checkpoint import (ServerCheckpoint, clear_checkpoint, fixed_config, is_complete, keep_rounds_up_to, resume_point, save_checkpoint)
+from common.data.catalogue import catalogue_fingerprint, catalogue_source, check_catalogue
 from common.config import compose, to_yaml
-from common.progress import RunProgress
-from common.run_store import RunStore, atomic_write, build_summary
-from common.deployment import check_server_plans, deployment_data_block, is_deployment, load_server_data
-from common.distributed_dp import shares_needed
-from common.fairness_eval import fairness_block
+from common.runs.progress import RunProgress
+from common.runs.store import RunStore, atomic_write
+from common.runs.summary import build_summary
+from common.deployment.node import check_server_plans, deployment_data_block, is_deployment, load_server_data
+from common.privacy.distributed import shares_needed
+from common.fairness.groups import fairness_block
 from common.privacy.ledger import central_row
-from common.rerank_eval import add_rerank_block
+from common.fairness.rerank_eval import add_rerank_block
 from common.serialization import get_weights, num_bytes, save_adapter, set_weights
-from common.task import (
-    adapter_config,
-    build_model,
-    central_plan_for,
-    is_central,
-    is_distributed,
-    learning_rate,
-    pooled_plan,
-)
+from common.model.factory import adapter_config, build_model
+from common.privacy.plans import central_plan_for, is_central, is_distributed, learning_rate, pooled_plan
 from server.strategy import RecommenderFedAvg
 
 log = logging.getLogger("fedrec")
@@ -235,7 +228,7 @@ def distributed_noise(cfg, run, initial) -> dict:
     """With privacy.noise=distributed the server owns the optimizer of the pooled DP-SGD."""
     if not is_distributed(cfg):
         return {}
-    from common.distributed_dp import ServerOptimizer
+    from common.privacy.distributed import ServerOptimizer
 
     plan = pooled_plan(cfg, run)
     names = [n for n, p in build_model(cfg, run).named_parameters() if p.requires_grad]

@@ -19,17 +19,17 @@ import numpy as np
 from flwr.common import EvaluateIns, FitIns, FitRes, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.strategy import FedAvg
 
-from common.fairness_eval import FairnessSums, fairness_block, fairness_row
+from common.fairness.groups import FairnessSums, fairness_block, fairness_row
 from common.metrics.auc import AucHistogram
 from common.metrics.ranking import MetricSums
 from common.privacy.popularity_prior import PRIOR_KEY, prior_logits
-from common.qffl import qffl_step
-from common.rerank_eval import PREFIX as RERANK_PREFIX
-from common.rerank_eval import client_rerank
-from common.progress import RunProgress, round_status
+from common.fairness.qffl import qffl_step
+from common.fairness.rerank_eval import PREFIX as RERANK_PREFIX
+from common.fairness.rerank_eval import client_rerank
+from common.runs.progress import RunProgress, round_status
 from common.privacy.ledger import PRIOR, LedgerRow
-from common.run_store import RunStore
-from common.secure_aggregation import update_problem
+from common.runs.store import RunStore
+from common.training.updates import update_problem
 from common.serialization import num_bytes
 
 log = logging.getLogger("fedrec")

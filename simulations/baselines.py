@@ -25,23 +25,18 @@ from omegaconf import DictConfig, open_dict
 
 from common.device import resolve_device
 from common.evaluation import EvaluatedSums, evaluate_scorer, model_scorer
-from common.fairness_eval import FairnessSums, fairness_block
+from common.fairness.groups import FairnessSums, fairness_block
 from common.metrics.ranking import MetricSums
 from common.privacy.accounting import AccountantState
-from common.progress import RunProgress, round_status
-from common.rerank_eval import RerankSettings, add_rerank_block, client_rerank, info_metrics
-from common.run_store import RunStore, build_summary
+from common.runs.progress import RunProgress, round_status
+from common.fairness.rerank_eval import RerankSettings, add_rerank_block, client_rerank, info_metrics
+from common.runs.store import RunStore
+from common.runs.summary import build_summary
 from common.serialization import get_weights, num_bytes, save_adapter
-from common.task import (
-    ClientPlan,
-    RunData,
-    adapter_config,
-    build_model,
-    client_plan,
-    learning_rate,
-    training_sequences,
-)
-from common.training import train_local, trainable_sequences
+from common.privacy.plans import ClientPlan, client_plan, learning_rate
+from common.data.run import RunData, training_sequences
+from common.model.factory import adapter_config, build_model
+from common.training.local import train_local, trainable_sequences
 
 log = logging.getLogger("fedrec")
 BASELINES = ("popularity", "centralized", "local", "sasrec_ids")

@@ -1,7 +1,7 @@
 """Fill ``model.lower_cache_dir`` with the frozen lower layers' states of every prompt a
 ``model=causal_lora`` run will use, once, before the runs (which then only run the top layers).
 
-    .venv/bin/python -m simulations.causal_prefill dataset=movielens_100k dataset.path=../shared/data/ml-100k \\
+    .venv/bin/python -m simulations.causal_prefill dataset=movielens_100k dataset.path=/data/ml-100k \\
         model.train_targets=4 model.lower_cache_dir=~/.cache/fedrec/lower
 
 Prompts: each user's validation and test prompt and, ``model.train_targets = K``, the K
@@ -20,10 +20,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 
-from common.causal_task import fixed_prompts  # noqa: E402
+from common.causal.task import fixed_prompts  # noqa: E402
 from common.config import compose  # noqa: E402
-from common.model.causal_lm import lower_cache_info  # noqa: E402
-from common.task import build_model, load_run_data  # noqa: E402
+from common.causal.lm import lower_cache_info  # noqa: E402
+from common.model.factory import build_model  # noqa: E402
+from common.data.run import load_run_data  # noqa: E402
 
 
 def main(argv: list[str]) -> None:

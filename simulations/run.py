@@ -21,14 +21,15 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from common.checkpoint import (catalogue_source, check_catalogue, clear_checkpoint, is_complete,  # noqa: E402
-                               resume_point)
+from common.data.catalogue import catalogue_source, check_catalogue
+from common.runs.checkpoint import clear_checkpoint, is_complete, resume_point
 from common.config import CONF_DIR, resolved, to_yaml  # noqa: E402
 from common.data.types import DataError  # noqa: E402
 from common.model.item_encoder import ModelPathError  # noqa: E402
 from common.privacy.accounting import PrivacyConfigError  # noqa: E402
-from common.run_store import RunFailed, RunStore  # noqa: E402
-from common.task import check_plans, load_run_data  # noqa: E402
+from common.runs.store import RunFailed, RunStore  # noqa: E402
+from common.config.checks import check_plans  # noqa: E402
+from common.data.run import load_run_data  # noqa: E402
 from simulations.baselines import BASELINES, run_baseline  # noqa: E402
 from simulations.interrupt import resume_hint, stop_on_interrupt  # noqa: E402
 from simulations.table import format_table, protection_line  # noqa: E402

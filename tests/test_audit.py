@@ -12,18 +12,9 @@ from omegaconf import OmegaConf
 
 from common.config import compose
 from common.data import leave_one_out, make_synthetic, partition_users
-from common.privacy.audit import (
-    audit_canaries,
-    count_correct,
-    default_guess_counts,
-    epsilon_lower_bound,
-    inject_audit,
-    p_value,
-    roc_auc,
-    roc_curve,
-)
-from common.task import _data_key, _load_run_data
-from simulations.audit import audit_config, audit_run, main
+from common.privacy.canaries import (audit_canaries, count_correct, default_guess_counts, epsilon_lower_bound, inject_audit, p_value, roc_auc, roc_curve)
+from common.data.run import _load_run_data, data_key
+from simulations.audit.run import audit_config, audit_run, main
 
 TINY = [
     "dataset.num_users=120", "dataset.num_items=80", "dataset.mean_interactions=15",
@@ -166,8 +157,8 @@ def test_default_run_data_is_byte_identical_to_a_config_without_the_audit_block(
     assert cfg.audit.canaries == 0 and cfg.audit.holdout == 0.0
     plain = OmegaConf.to_container(cfg)
     del plain["audit"]
-    assert _data_key(cfg) == _data_key(OmegaConf.create(plain))  # same cache entry, so one load serves both
-    default = _load_run_data.__wrapped__(_data_key(cfg))
+    assert data_key(cfg) == data_key(OmegaConf.create(plain))  # same cache entry, so one load serves both
+    default = _load_run_data.__wrapped__(data_key(cfg))
     assert default.audit is None
     # The same data built without the harness at all: the audit hook changed nothing.
     ds = cfg.dataset

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from common.signing import SignatureError, canonical_bytes, generate_keypair, sign_json, verify_json
+from simulations.audit.signing import SignatureError, canonical_bytes, generate_keypair, sign_json, verify_json
 from common.privacy.ledger import accountants_agree
-from simulations import audit_identity, audit_report
+from simulations.audit import identity as audit_identity
+from simulations.audit import report as audit_report
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -340,7 +341,7 @@ def test_module_command_line_exits_non_zero_on_a_tampered_report(tmp_path, keys)
     audit_report.write_report(run, key=private)
     report = run / "audit" / "report.json"
     report.write_text(report.read_text().replace('"epsilon_lower_bound": 0.9', '"epsilon_lower_bound": 0.8'))
-    out = subprocess.run([sys.executable, "-m", "simulations.audit_report", "verify", str(report), str(public)],
+    out = subprocess.run([sys.executable, "-m", "simulations.audit.report", "verify", str(report), str(public)],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert out.returncode == 1 and out.stderr.count("\n") == 1 and "verification FAILED" in out.stderr
 

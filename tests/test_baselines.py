@@ -8,7 +8,8 @@ from safetensors.numpy import load_file
 
 from common.config import compose
 from common.privacy.accounting import independent_epsilon
-from common.task import federated_plan, load_run_data
+from common.privacy.plans import federated_plan
+from common.data.run import load_run_data
 from simulations.run import execute
 
 SMALL = [

@@ -183,7 +183,8 @@ def test_pooled_dp_reproduces_the_federated_default_run(tmp_path):
 
 def _initial_adapter(overrides):
     from common.config import compose
-    from common.task import build_model, load_run_data
+    from common.model.factory import build_model
+    from common.data.run import load_run_data
 
     cfg = compose(overrides)
     model = build_model(cfg, load_run_data(cfg))

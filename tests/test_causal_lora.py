@@ -16,13 +16,15 @@ import numpy as np
 import pytest
 import torch
 
-from common.causal_task import PromptBuilder, _sum_per_user, evaluate_causal, train_causal, user_ratings
+from common.causal.task import PromptBuilder, _sum_per_user, evaluate_causal, train_causal, user_ratings
 from common.config import compose
 from common.metrics.auc import AucHistogram, auc
 from common.privacy.accounting import AccountantState, independent_epsilon
-from common.prompts import build_prompt
+from common.causal.prompts import build_prompt
 from common.serialization import get_weights, load_adapter, save_adapter
-from common.task import build_model, federated_plan, load_run_data
+from common.model.factory import build_model
+from common.privacy.plans import federated_plan
+from common.data.run import load_run_data
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model=causal_lora", "model.path=tiny-random", "dataset.num_users=40", "dataset.num_items=30",
@@ -124,7 +126,7 @@ def test_empty_poisson_batches_still_take_their_noise_step(tiny):
     model = build_model(cfg, run)
     users = sum(len(run.split.train[r]) >= 2 for r in run.partitions[0])
     # batch_size 1: q = 1/users, so about a third of the steps sample nobody.
-    from common.training import DPSettings
+    from common.privacy.dp_sgd import DPSettings
 
     result = train_causal(model, run, run.partitions[0], cfg, 1, 1, 0.05, seed=0,
                           dp=DPSettings(1.0, 1.0, noise_seed=3))  # fmt: skip
@@ -174,7 +176,7 @@ def test_per_user_gradient_sample_is_the_gradient_of_that_users_mean_prompt_loss
 def test_adapter_round_trips_in_peft_and_project_formats(tiny, tmp_path):
     from peft import PeftModel
 
-    from common.model.causal_lm import load_base
+    from common.causal.lm import load_base
 
     cfg, run = tiny
     trained = build_model(cfg, run)
@@ -220,7 +222,7 @@ def test_cached_lower_states_give_the_same_scores_and_lora_gradients(tiny):
     must line up."""
     from torch.nn import functional as F
 
-    from common.model.causal_lm import clear_lower_cache, lower_cache_info
+    from common.causal.lm import clear_lower_cache, lower_cache_info
 
     cfg, run = tiny
     model = build_model(compose(" ".join([*TINY, "privacy=none", "model.top_layers=1"])), run)
@@ -299,7 +301,7 @@ def test_a_federated_dp_run_with_causal_lora_reports_auc(tmp_path):
 
 
 def test_rerank_ranks_against_a_hand_computed_case():
-    from common.causal_task import rerank_ranks
+    from common.causal.rerank import rerank_ranks
 
     # 6 items; user 0's history {0}; projection order of the rest: 5, 4, 3, 2, 1.
     base = np.array([[9.0, 1.0, 2.0, 3.0, 4.0, 5.0], [9.0, 1.0, 2.0, 3.0, 4.0, 5.0]])
@@ -317,10 +319,11 @@ def test_rerank_ranks_against_a_hand_computed_case():
 def test_rerank_evaluation_reports_full_metrics_of_the_reranked_and_the_projection_lists(tiny, tmp_path):
     from omegaconf import OmegaConf
 
-    from common.causal_task import _projection_scorer, evaluate_causal, evaluate_rerank
+    from common.causal.rerank import _projection_scorer, evaluate_rerank
+    from common.causal.task import evaluate_causal
     from common.evaluation import histories
     from common.metrics.ranking import MetricSums, full_ranks
-    from common.task import adapter_config
+    from common.model.factory import adapter_config
 
     cfg, run = tiny
     proj_cfg = compose(" ".join(t for t in TINY if not t.startswith("model")))
@@ -368,7 +371,7 @@ def test_rerank_evaluation_reports_full_metrics_of_the_reranked_and_the_projecti
 def test_a_full_lower_cache_evicting_a_hit_of_the_same_batch_keeps_it(tiny):
     """Storing a batch's misses evicts the oldest entries; a hit of that same batch among them
     must still be served (it used to raise KeyError once the cache was full)."""
-    from common.model.causal_lm import clear_lower_cache, lower_cache_info, set_lower_cache_budget
+    from common.causal.lm import clear_lower_cache, lower_cache_info, set_lower_cache_budget
 
     cfg, run = tiny
     model = build_model(compose(" ".join([*TINY, "privacy=none", "model.top_layers=1"])), run)
@@ -391,14 +394,14 @@ def test_a_full_lower_cache_evicting_a_hit_of_the_same_batch_keeps_it(tiny):
 
 
 def test_one_user_clients_are_refused_because_their_auc_histogram_reveals_the_label():
-    from common.causal_task import check_causal_config
+    from common.causal.build import check_causal_config
 
     with pytest.raises(ValueError, match="partition=cross_device"):
         check_causal_config(compose(" ".join([*TINY, "partition=cross_device"])))
 
 
 def test_a_users_training_prompts_depend_only_on_public_values_and_their_own_history():
-    from common.causal_task import user_rng
+    from common.causal.task import user_rng
 
     mine, other = np.array([3, 9, 4, 7, 1]), np.array([5, 2, 8])
     pool = np.arange(1, len(mine))
@@ -413,7 +416,7 @@ def test_lower_states_on_disk_are_reused_by_a_new_process_cache_and_keyed_by_the
     """model.lower_cache_dir: a second model (as a new process would, memory cache empty) reads
     the states from disk, equal to fresh ones; a damaged file is recomputed; other lower-layer
     weights get another folder, never stale states."""
-    from common.model.causal_lm import _hash_lower, clear_lower_cache, lower_cache_info
+    from common.causal.lm import _hash_lower, clear_lower_cache, lower_cache_info
 
     cfg, run = tiny
     over = [*TINY, "privacy=none", "model.top_layers=1", f"model.lower_cache_dir={tmp_path}"]
@@ -461,8 +464,8 @@ def test_prefill_covers_every_prompt_a_fixed_pool_run_uses(tiny, tmp_path):
     """simulations.causal_prefill stores each user's validation, test and training-pool prompts:
     a later training epoch and evaluation (memory cache empty, as in a new process) compute
     nothing through the lower layers."""
-    from common.causal_task import fixed_prompts
-    from common.model.causal_lm import clear_lower_cache, lower_cache_info
+    from common.causal.task import fixed_prompts
+    from common.causal.lm import clear_lower_cache, lower_cache_info
     from simulations.causal_prefill import main as prefill
 
     over = [*TINY, "privacy=none", "model.top_layers=1", "model.train_targets=3", "model.candidates_per_user=2",
@@ -506,7 +509,7 @@ def test_causal_auc_benchmark_starts_from_the_untrained_auc_and_uses_the_clients
     plain = build_model(compose(" ".join([*TINY, "privacy=none"])), run)
     rows = np.arange(len(run.split.users))
     build = PromptBuilder(run.data.item_text, 10)
-    from common.causal_task import eval_example
+    from common.causal.task import eval_example
 
     texts, labels = zip(*(eval_example(run, build, r, "test") for r in rows))
     exact = auc(plain.score(list(texts)).numpy(), np.asarray(labels))

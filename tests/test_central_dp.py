@@ -9,7 +9,7 @@ import pytest
 from flwr.app import Context, RecordDict
 from omegaconf import OmegaConf
 
-from common.central_dp import central_plan, sampled_clients
+from common.privacy.central import central_plan, sampled_clients
 from common.config import compose
 from common.privacy.accounting import independent_epsilon
 
@@ -42,7 +42,9 @@ def test_server_noise_has_the_planned_variance_around_the_mean_clipped_update(tm
 
     from client.app import RecommenderClient
     from common.serialization import get_weights
-    from common.task import build_model, central_plan_for, load_run_data
+    from common.model.factory import build_model
+    from common.privacy.plans import central_plan_for
+    from common.data.run import load_run_data
 
     overrides = [*SMALL, f"secagg={secagg}"]
     proc = run_cli(tmp_path, *overrides)

@@ -20,8 +20,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from common import certs
-from simulations import certs_cli
+from common.deployment import certs
+from simulations.cli import certs as certs_cli
 
 ORGS = ["acme", "beta-2"]
 BIN = Path(sys.executable).parent

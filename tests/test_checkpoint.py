@@ -14,15 +14,14 @@ import pytest
 from flwr.app import Context, RecordDict
 
 from client.app import RecommenderClient
-from common.checkpoint import (CatalogueMismatch, CheckpointError, ServerCheckpoint, catalogue_fingerprint,
-                               check_config, check_ledgers_survive, fixed_config, is_complete, keep_rounds_up_to, load_checkpoint, resume_point,
-                               save_checkpoint)  # fmt: skip
+from common.data.catalogue import CatalogueMismatch, catalogue_fingerprint
+from common.runs.checkpoint import (CheckpointError, ServerCheckpoint, check_config, check_ledgers_survive, fixed_config, is_complete, keep_rounds_up_to, load_checkpoint, resume_point, save_checkpoint)
 from common.config import compose
-from common.distributed_dp import ServerOptimizer
+from common.privacy.distributed import ServerOptimizer
 from common.privacy.accounting import independent_epsilon
 from common.privacy.ledger import LedgerRow, PrivacyLedger
 from common.serialization import get_weights
-from common.task import build_model
+from common.model.factory import build_model
 from tests.test_harness_csv import write_shop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,7 +132,7 @@ def test_a_cut_off_last_metrics_line_is_dropped_on_resume(tmp_path, caplog):
 
 
 def test_every_resume_counts_one_more_central_release():
-    from common.central_dp import central_plan
+    from common.privacy.central import central_plan
     from common.privacy.accounting import AccountantState
     from server.app import central_ledger, central_privacy
 
@@ -204,7 +203,7 @@ def test_the_server_sends_the_catalogue_fingerprint_in_every_fit_and_evaluate_co
     from flwr.server.client_manager import SimpleClientManager
     from flwr.server.client_proxy import ClientProxy
 
-    from common.run_store import RunStore
+    from common.runs.store import RunStore
     from server.strategy import RecommenderFedAvg
 
     class Node(ClientProxy):  # only registered and sampled here; never called
@@ -351,7 +350,7 @@ def fed_strategy(tmp_path, client_privacy: dict | None = None):
     from flwr.server.client_manager import SimpleClientManager
     from flwr.server.client_proxy import ClientProxy
 
-    from common.run_store import RunStore
+    from common.runs.store import RunStore
     from server.strategy import RecommenderFedAvg
 
     class Node(ClientProxy):  # only registered and sampled here; never called
@@ -392,7 +391,7 @@ def test_two_clients_reporting_one_client_id_fail_the_round(tmp_path):
 
 
 def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path):
-    from common.run_store import atomic_write, replace_durably
+    from common.runs.store import atomic_write, replace_durably
 
     path = tmp_path / "summary.json"
     atomic_write(path, "old")

@@ -10,9 +10,11 @@ from client.app import LEDGER_KEY, PLAN_KEY, RecommenderClient
 from common.config import compose
 from common.privacy.accounting import independent_epsilon
 from common.privacy.ledger import PrivacyLedger
-from common.run_store import RunStore
+from common.runs.store import RunStore
 from common.serialization import get_weights
-from common.task import build_model, federated_plan, load_run_data
+from common.model.factory import build_model
+from common.privacy.plans import federated_plan
+from common.data.run import load_run_data
 from server.strategy import RecommenderFedAvg
 
 # The per-client DP-SGD path (local noise, plain FedAvg); the default is tested in test_simulation.py.

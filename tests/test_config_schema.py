@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from common.config import CONF_DIR, compose
-from common.config_schema import SCHEMA, ConfigError, flatten
+from common.config.schema import SCHEMA, ConfigError, flatten
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS = ("dataset", "partition", "model", "privacy", "secagg", "strategy")
@@ -26,7 +26,7 @@ def test_every_key_of_every_option_has_a_spec_that_accepts_its_default(group):
         extra = ["dataset.path=/data"] if group == "dataset" and option != "synthetic" else []
         cfg = compose([f"{group}={option}", *extra])
         for key, value in flatten(cfg).items():
-            assert key in SCHEMA, f"{group}={option}: {key} has no spec in common/config_schema.py"
+            assert key in SCHEMA, f"{group}={option}: {key} has no spec in common/config/schema.py"
             assert SCHEMA[key].accepts(value), f"{group}={option}: the default {key}={value!r} is refused"
 
 

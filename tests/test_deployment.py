@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common import certs
+from common.deployment import certs
 from common.config import compose
 from common.data import leave_one_out, load_interaction_folder, make_synthetic
-from common.deployment import (check_server_plans, deployment_data_block, load_catalogue, load_client_data,
-                               load_server_data, split_for_deployment)  # fmt: skip
+from common.deployment.node import (check_server_plans, deployment_data_block, load_catalogue, load_client_data, load_server_data)
+from common.deployment.export import split_for_deployment
 from common.privacy.accounting import AccountantState, PrivacyConfigError
-from common.task import federated_plan
+from common.privacy.plans import federated_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -141,7 +141,7 @@ def test_clientapp_uses_node_config_data_device_and_id(folders, tmp_path):
     ("privacy.epsilon=8 privacy.budget_epsilon=3", None),
 ])  # fmt: skip
 def test_an_organisations_max_epsilon_overrides_the_coordinators_budget(folders, tmp_path, extra, message):
-    from common.deployment import check_org_budget
+    from common.deployment.node import check_org_budget
 
     cfg = _cfg(folders["catalogue"], extra)
     node = {"data-path": str(folders[ORGS[0]]), "client-id": 0, "max-epsilon": "4"}

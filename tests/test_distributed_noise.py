@@ -7,14 +7,7 @@ import pytest
 import torch
 
 from common.config import compose
-from common.distributed_dp import (
-    DistributedPlan,
-    ServerOptimizer,
-    check_protocol,
-    distributed_plan,
-    noisy_gradient_sum,
-    shares_needed,
-)
+from common.privacy.distributed import (DistributedPlan, ServerOptimizer, check_protocol, distributed_plan, noisy_gradient_sum, shares_needed)
 from common.model.recommender import FrozenText, TextSeqRec
 from common.privacy.accounting import PrivacyConfigError
 
@@ -73,7 +66,7 @@ def test_clients_refuse_a_round_that_could_reveal_an_under_noised_sum():
 def test_signal_is_the_sum_of_clipped_per_user_gradients():
     """With σ = 0 and q = 1 the share is exactly Σ_u clip(∇ℓ_u, C), against autograd run
     one user at a time with the same negatives."""
-    from common.training import user_loss
+    from common.training.local import user_loss
 
     rng = np.random.default_rng(0)
     seqs = [rng.choice(NUM_ITEMS, size=5, replace=False) for _ in range(6)]

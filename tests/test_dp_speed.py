@@ -6,9 +6,10 @@ import numpy as np
 import torch
 from torch import nn
 
-import common.training as training
+import common.training.local as training
 from common.model.recommender import FrozenText, TextSeqRec
-from common.training import DPSettings, _make_private, left_pad, per_sample_gradient_mode, train_local
+from common.privacy.dp_sgd import DPSettings, make_private, per_sample_gradient_mode
+from common.training.local import left_pad, train_local
 
 NUM_ITEMS, TEXT_DIM = 40, 12
 TEXT = torch.randn(NUM_ITEMS, TEXT_DIM, generator=torch.Generator().manual_seed(3))
@@ -42,7 +43,7 @@ def test_only_the_frozen_text_and_id_adapters_use_expanded_weights():
     assert per_sample_gradient_mode(_model()) == "ew"
     assert per_sample_gradient_mode(TextSeqRec(None, NUM_ITEMS, dim=16, item_ids=True)) == "ew"
     assert per_sample_gradient_mode(TextSeqRec(_TrainableText(), NUM_ITEMS, dim=16)) == "hooks"
-    assert per_sample_gradient_mode(nn.Linear(3, 3)) == "hooks"  # e.g. common/causal_task.py's models
+    assert per_sample_gradient_mode(nn.Linear(3, 3)) == "hooks"  # e.g. common/causal/task.py's models
 
 
 def _batch(seqs, neg_seed=0):
@@ -62,11 +63,11 @@ def _per_user_loss(net, inp, pad, tgt, tgt_pad, neg) -> torch.Tensor:
 def _private(model, dp, batch_size=4):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(8)), batch_size=batch_size)
-    return _make_private(model, optimizer, loader, dp, grad_sample_mode="ew")
+    return make_private(model, optimizer, loader, dp, grad_sample_mode="ew")
 
 
 def test_ew_per_user_gradients_equal_one_backward_per_user():
-    """Through _make_private as training calls it ("mean" loss over the batch): every
+    """Through make_private as training calls it ("mean" loss over the batch): every
     parameter's per-user gradient is that user's own loss gradient, attention, masks,
     shared item adapter, id embedding and bias included."""
     model = _model()

@@ -5,21 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from common.metrics.fairness import (
-    AGE_BUCKETS,
-    MISSING,
-    activity_groups,
-    age_bucket,
-    attribute_groups,
-    client_distribution,
-    coverage_at_k,
-    exposure_gini,
-    get_item_metric,
-    gini,
-    group_gap,
-    groups_summary,
-    long_tail_share,
-)
+from common.fairness.metrics import (AGE_BUCKETS, MISSING, activity_groups, age_bucket, attribute_groups, client_distribution, coverage_at_k, exposure_gini, get_item_metric, gini, group_gap, groups_summary, long_tail_share)
 from common.metrics.ranking import hit_rate, ndcg
 
 # Three users' top-2 lists over a 5-item catalogue; recommended counts per item: [2, 3, 1, 0, 0].

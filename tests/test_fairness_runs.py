@@ -13,11 +13,12 @@ from flwr.compat.common.recorddict_compat import evaluateres_to_recorddict, reco
 from client.app import RecommenderClient
 from common.config import compose
 from common.evaluation import evaluate_users
-from common.fairness_eval import EXPOSURE_KEY, fairness_block, fairness_row, top_items
-from common.metrics.fairness import coverage_at_k, exposure_gini, exposure_metrics, long_tail_share
-from common.run_store import RunStore
+from common.fairness.groups import EXPOSURE_KEY, fairness_block, fairness_row, top_items
+from common.fairness.metrics import coverage_at_k, exposure_gini, exposure_metrics, long_tail_share
+from common.runs.store import RunStore
 from common.serialization import get_weights
-from common.task import build_model, load_run_data
+from common.model.factory import build_model
+from common.data.run import load_run_data
 from server.app import federated_summary
 from server.strategy import RecommenderFedAvg
 from simulations.run import execute
@@ -135,7 +136,7 @@ def test_a_baseline_summary_has_a_fairness_block_whose_groups_partition_the_user
 
 
 def test_gap_standard_error_from_group_sums_matches_the_per_user_formula():
-    from common.fairness_eval import FairnessSums, gap_standard_error
+    from common.fairness.groups import FairnessSums, gap_standard_error
 
     rng = np.random.default_rng(3)
     ranks = rng.integers(0, 15, size=40)  # NDCG@10 is 0 beyond rank 9: a mix of hits and misses

@@ -7,7 +7,8 @@ import torch
 from common.model.lora_text import LoraText, cached_lower_states
 from common.model.recommender import TextSeqRec
 from common.serialization import get_weights, load_adapter, save_adapter
-from common.training import DPSettings, train_local
+from common.privacy.dp_sgd import DPSettings
+from common.training.local import train_local
 
 WORDS = "space rocket orbit galaxy cake bread oven sugar goal match team ball".split()
 

@@ -9,7 +9,8 @@ from common.evaluation import evaluate_users
 from common.metrics.ranking import MetricSums
 from common.model.recommender import FrozenText, TextSeqRec
 from common.serialization import get_weights, load_adapter, save_adapter, set_weights
-from common.training import DPSettings, left_pad, sample_rate, steps_per_epoch, train_local
+from common.privacy.dp_sgd import DPSettings
+from common.training.local import left_pad, sample_rate, steps_per_epoch, train_local
 
 NUM_ITEMS, TEXT_DIM = 60, 16
 
@@ -176,7 +177,7 @@ def test_same_seed_trains_the_same_model_with_dropout():
 def test_planned_steps_per_epoch_are_the_steps_opacus_takes(users):
     from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
-    from common.training import sample_rate, steps_per_epoch
+    from common.training.local import sample_rate, steps_per_epoch
 
     q = sample_rate(users, 32)
     assert steps_per_epoch(users, 32) == len(UniformWithReplacementSampler(num_samples=users, sample_rate=q))

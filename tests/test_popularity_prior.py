@@ -8,10 +8,10 @@ import pytest
 from common.config import compose
 from common.data import load_dataset
 from common.data.split import leave_one_out
-from common.distributed_dp import distributed_plan
+from common.privacy.distributed import distributed_plan
 from common.privacy.accounting import AccountantState, PrivacyConfigError, independent_epsilon
 from common.privacy.popularity_prior import noisy_share, popularity_prior_plan, prior_logits, user_counts
-from common.task import check_placement
+from common.config.checks import check_placement
 from tests.conftest import SHARED_DATA
 
 
@@ -131,9 +131,9 @@ def test_the_summed_loss_coordinate_estimates_the_mean_training_loss():
     into the users' mean loss computed independently."""
     import torch
 
-    from common.distributed_dp import DistributedPlan, noisy_gradient_sum
+    from common.privacy.distributed import DistributedPlan, noisy_gradient_sum
     from common.model.recommender import FrozenText, TextSeqRec
-    from common.training import user_loss
+    from common.training.local import user_loss
 
     torch.manual_seed(0)
     text = torch.randn(40, 8, generator=torch.Generator().manual_seed(1))

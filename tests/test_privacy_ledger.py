@@ -14,9 +14,11 @@ from client.app import RecommenderClient
 from common.config import compose
 from common.privacy.accounting import AccountantState, PrivacyConfigError, independent_epsilon
 from common.privacy.ledger import PrivacyLedger, cross_checked
-from common.run_store import RunStore
+from common.runs.store import RunStore
 from common.serialization import get_weights
-from common.task import build_model, federated_plan, load_run_data
+from common.model.factory import build_model
+from common.privacy.plans import federated_plan
+from common.data.run import load_run_data
 from server.strategy import RecommenderFedAvg
 
 # Local noise without SecAgg+: the per-client DP-SGD ledger (distributed noise: the last tests).

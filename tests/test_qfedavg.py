@@ -7,9 +7,9 @@ import pytest
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
 from common.config import compose
-from common.qffl import qffl_step
-from common.run_store import RunStore
-from common.task import check_strategy
+from common.fairness.qffl import qffl_step
+from common.runs.store import RunStore
+from common.config.checks import check_strategy
 from server.strategy import RecommenderFedAvg
 from tests.test_simulation import SMALL, run_cli
 
@@ -20,7 +20,7 @@ def fit_res(update, loss_before, cid):
 
 
 def test_the_server_takes_the_qffl_step_on_the_clients_models(tmp_path):
-    from common.secure_aggregation import update
+    from common.training.updates import update
 
     old = [np.array([0.5, -1.0], dtype=np.float32), np.array([[2.0]], dtype=np.float32)]
     # The clients' trained models; what they send is update(local, global), as client/app.py does.

@@ -1,10 +1,10 @@
-"""q-FFL aggregation (common/qffl.py): FedAvg at q = 0, Flower's aggregate_qffl, fairness."""
+"""q-FFL aggregation (common/fairness/qffl.py): FedAvg at q = 0, Flower's aggregate_qffl, fairness."""
 
 import numpy as np
 import pytest
 from flwr.server.strategy.aggregate import aggregate_qffl
 
-from common.qffl import LOSS_EPSILON, qffl_step
+from common.fairness.qffl import LOSS_EPSILON, qffl_step
 
 
 def _model(rng, dtype=np.float64):

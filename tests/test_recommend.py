@@ -12,8 +12,9 @@ from common.config import compose
 from common.evaluation import user_scores
 from common.recommend import RecommendError, Recommender, recommend
 from common.serialization import load_adapter
-from common.task import build_model, load_run_data
-from simulations import recommend_cli
+from common.model.factory import build_model
+from common.data.run import load_run_data
+from simulations.cli import recommend as recommend_cli
 from simulations.run import execute
 
 SMALL = [

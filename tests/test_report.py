@@ -13,9 +13,10 @@ import matplotlib.image
 import pytest
 import yaml
 
-from common.metrics.fairness import client_distribution
-from simulations import cli, report
-from simulations.report_fairness import column
+from common.fairness.metrics import client_distribution
+from simulations.cli import main as cli
+from simulations.report import main as report
+from simulations.report.fairness import column
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PLOTS = ("utility_vs_epsilon", "metric_per_round", "per_client", "group_ndcg_vs_epsilon")
@@ -42,7 +43,7 @@ def ndcg_of(scheme: str, eps: float, seed: int) -> float:
 
 
 def fairness_of(scheme: str, eps: float, seed: int) -> dict:
-    """The made-up fairness block of a federated run (shape of common.fairness_eval.fairness_block):
+    """The made-up fairness block of a federated run (shape of common.fairness.groups.fairness_block):
     DP costs the disadvantaged users more; age is the attribute with the larger gap."""
     ndcg = ndcg_of(scheme, eps, seed)
     adv, dis = ndcg + 0.05, ndcg - (0.02 / eps if math.isfinite(eps) else 0.0)
@@ -262,7 +263,7 @@ def test_fairness_block_with_an_empty_group_or_odd_entries_gives_dashes(tmp_path
 
 
 def test_a_folder_of_links_gathers_sweeps_once_each(tmp_path):
-    from simulations.report import find_runs
+    from simulations.report.runs import find_runs
 
     for name in ("a", "b"):
         (tmp_path / "sweeps" / name / "0").mkdir(parents=True)
@@ -380,7 +381,7 @@ def test_a_reranked_run_gets_a_second_fairness_row_and_csv_columns(tmp_path):
 
 
 def test_a_failed_run_is_listed_with_its_reason(tmp_path):
-    from simulations.report import load_run
+    from simulations.report.runs import load_run
 
     run = tmp_path / "sweep" / "diverged"
     run.mkdir(parents=True)

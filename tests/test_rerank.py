@@ -1,4 +1,4 @@
-"""UGF re-ranking (common.rerank): list guarantees, the constraint, and optimality against brute
+"""UGF re-ranking (common.fairness.ugf): list guarantees, the constraint, and optimality against brute
 force on a hand-worked example and on tiny random instances."""
 
 import itertools
@@ -11,7 +11,8 @@ from scipy.optimize import linprog
 from scipy.sparse import csr_matrix, kron, vstack
 
 from common.metrics.ranking import ndcg
-from common.rerank import _oracle, gap_after, ugf_rerank, ugf_solve
+from common.fairness.lagrangian import best_response as _oracle
+from common.fairness.ugf import gap_after, ugf_rerank, ugf_solve
 
 # Hand-worked example: 3 users x 4 candidates, K = 2, NDCG@2 with one relevant item per user.
 # User 0 (advantaged) has its relevant item first; users 1 and 2 have theirs at columns 2 and 3,

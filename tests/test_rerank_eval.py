@@ -1,4 +1,4 @@
-"""UGF re-ranking at evaluation time (common.rerank_eval): valid lists, the loss bound, the
+"""UGF re-ranking at evaluation time (common.fairness.rerank_eval): valid lists, the loss bound, the
 numbers it reports, and a federation's rerank block = the sum of its clients' re-ranking."""
 
 import math
@@ -13,13 +13,13 @@ from omegaconf import OmegaConf
 from client.app import RecommenderClient
 from common.config import compose
 from common.evaluation import evaluate_scorer, evaluate_users, histories
-from common.fairness_eval import fairness_block, fairness_groups
-from common.metrics.fairness import group_gap
-from common.rerank_eval import (RerankSettings, candidates_of, client_rerank, expected_ndcg, info_metrics,
-                                rerank_users)  # fmt: skip
-from common.run_store import RunStore
+from common.fairness.groups import fairness_block, fairness_groups
+from common.fairness.metrics import group_gap
+from common.fairness.rerank_eval import (RerankSettings, candidates_of, client_rerank, expected_ndcg, info_metrics, rerank_users)
+from common.runs.store import RunStore
 from common.serialization import get_weights
-from common.task import build_model, load_run_data
+from common.model.factory import build_model
+from common.data.run import load_run_data
 from server.app import federated_summary
 from server.strategy import RecommenderFedAvg
 from tests.test_fairness_runs import assert_same

@@ -13,13 +13,8 @@ from omegaconf import OmegaConf
 from safetensors.numpy import load_file
 
 from common.config import compose
-from common.secure_aggregation import (
-    SecAggConfigError,
-    check_secagg,
-    clip_update,
-    dropout_clients,
-    quantization_error_bound,
-)
+from common.secagg.protocol import SecAggConfigError, check_secagg, dropout_clients, quantization_error_bound
+from common.training.updates import clip_update
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_simulation import run_cli  # noqa: E402
@@ -37,7 +32,8 @@ def reference_mean_update(tmp_path, overrides, clients):
 
     from client.app import RecommenderClient
     from common.serialization import get_weights
-    from common.task import build_model, load_run_data
+    from common.model.factory import build_model
+    from common.data.run import load_run_data
 
     torch.set_num_threads(1)  # as in the simulation's one-CPU actors
     one_string = " ".join([*overrides, f"cache_dir={tmp_path / 'cache'}"])
@@ -57,7 +53,8 @@ def reference_mean_update(tmp_path, overrides, clients):
 
 def adapter(run_dir: Path) -> list[np.ndarray]:
     """The saved adapter's tensors in the model's parameter order (the file sorts by name)."""
-    from common.task import build_model, load_run_data
+    from common.model.factory import build_model
+    from common.data.run import load_run_data
 
     cfg = OmegaConf.load(run_dir / "config.yaml")
     names = [n for n, p in build_model(cfg, load_run_data(cfg)).named_parameters() if p.requires_grad]
@@ -103,9 +100,10 @@ def test_too_many_dropouts_fail_the_round_cleanly_and_leave_the_model_unchanged(
     assert not (run / "summary.json").exists() and not (run / "adapter").exists()
     assert (run / "failed.txt").read_text().startswith("no round aggregated")
     cfg = compose(" ".join([*SMALL, "strategy.num_rounds=2", f"cache_dir={tmp_path / 'cache'}"]))
-    from common.checkpoint import load_checkpoint
+    from common.runs.checkpoint import load_checkpoint
     from common.serialization import get_weights
-    from common.task import build_model, load_run_data
+    from common.model.factory import build_model
+    from common.data.run import load_run_data
 
     init = get_weights(build_model(cfg, load_run_data(cfg)))
     after_round_1 = load_checkpoint(run)  # the state the run continued from after its failed round

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from common.config import compose
-from common.secure_aggregation import SecAggConfigError, check_secagg_round, protocol_sizes, sampled_clients
+from common.secagg.protocol import SecAggConfigError, check_secagg_round, protocol_sizes, sampled_clients
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_simulation import SMALL, run_cli  # noqa: E402

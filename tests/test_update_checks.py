@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
-from common.run_store import RunStore
-from common.secure_aggregation import update_problem
+from common.runs.store import RunStore
+from common.training.updates import update_problem
 from server.strategy import RecommenderFedAvg
 
 SHAPES = [(3, 2), (4,)]

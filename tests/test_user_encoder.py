@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from common.model.recommender import FrozenText, MeanEncoder, TextSeqRec
-from common.training import DPSettings, left_pad, train_local
+from common.privacy.dp_sgd import DPSettings
+from common.training.local import left_pad, train_local
 
 NUM_ITEMS, TEXT_DIM, DIM = 40, 24, 8
 

@@ -81,7 +81,7 @@ def load_interaction_folder(path: str | Path) -> InteractionData:
     folder = Path(path)
     if not folder.is_dir():
         raise DataError(f"data folder not found: {folder}")
-    items = _read(_find(folder, "items", required=True))
+    items = read_table(find_table(folder, "items", required=True))
     items.require("item_id", "text")
     item_ids = items.ids("item_id")
     item_text = items.strings("text")
@@ -94,7 +94,7 @@ def load_interaction_folder(path: str | Path) -> InteractionData:
             f"(first at {items.loc(first)})"
         )
 
-    inter = _read(_find(folder, "interactions", required=True))
+    inter = read_table(find_table(folder, "interactions", required=True))
     inter.require("user_id", "item_id", "timestamp")
     if not inter.columns["user_id"]:
         raise DataError(f"{inter.path}: no interactions")
@@ -110,9 +110,9 @@ def load_interaction_folder(path: str | Path) -> InteractionData:
     ratings = _ratings(inter) if "rating" in inter.columns else None
 
     attrs = None
-    users_path = _find(folder, "users", required=False)
+    users_path = find_table(folder, "users", required=False)
     if users_path is not None:
-        attrs = _user_attributes(_read(users_path))
+        attrs = _user_attributes(read_table(users_path))
         if len(attrs) and not attrs.index.isin(users).any():
             raise DataError(f"{users_path}: none of its user_ids appear in {inter.path.name} (e.g. {attrs.index[0]!r} "
                             f"there, {users[0]!r} here): every user would lose its attributes")  # fmt: skip
@@ -122,7 +122,7 @@ def load_interaction_folder(path: str | Path) -> InteractionData:
     )
 
 
-def _find(folder: Path, stem: str, required: bool) -> Path | None:
+def find_table(folder: Path, stem: str, required: bool) -> Path | None:
     found = [p for p in (folder / f"{stem}.csv", folder / f"{stem}.parquet") if p.is_file()]
     if len(found) > 1:
         raise DataError(f"{folder}: both {stem}.csv and {stem}.parquet exist; keep one")
@@ -131,7 +131,7 @@ def _find(folder: Path, stem: str, required: bool) -> Path | None:
     return found[0] if found else None
 
 
-def _read(path: Path) -> _Table:
+def read_table(path: Path) -> _Table:
     return _read_parquet(path) if path.suffix == ".parquet" else _read_csv(path)
 
 
