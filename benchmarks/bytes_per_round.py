@@ -30,11 +30,20 @@ TARGET = 2_000_000  # bytes: "≤ 2 MB per client per round" (decimal MB)
 
 
 def measure(model: str, clients: int, rounds: int, data: list[str], extra: list[str], out: Path) -> dict:
-    overrides = [f"model={model}", *data, f"partition.num_clients={clients}", f"strategy.num_rounds={rounds}",
-                 "simulation.measure_bytes=true", "secagg=none", *extra, f"hydra.run.dir={out}"]  # fmt: skip
+    overrides = [
+        f"model={model}",
+        *data,
+        f"partition.num_clients={clients}",
+        f"strategy.num_rounds={rounds}",
+        "simulation.measure_bytes=true",
+        "secagg=none",
+        *extra,
+        f"hydra.run.dir={out}",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "FLWR_TELEMETRY_ENABLED": "0", "FEDREC_PROGRESS": "0"}
-    proc = subprocess.run([sys.executable, "-m", "simulations.run", *overrides], cwd=ROOT, env=env,
-                          capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "simulations.run", *overrides], cwd=ROOT, env=env, capture_output=True, text=True
+    )
     if proc.returncode:
         raise SystemExit(f"run failed (model={model}):\n{proc.stderr[-3000:]}")
     per: dict[str, dict[tuple[int, int], list[int]]] = {"train": {}, "evaluate": {}}
@@ -45,8 +54,12 @@ def measure(model: str, clients: int, rounds: int, data: list[str], extra: list[
             up_down[0] += r["up"]
             up_down[1] += r["down"]
     summary = json.loads((out / "summary.json").read_text())
-    row = {"model": model, "adapter_parameters": summary["communication"]["adapter_parameters"],
-           "adapter_bytes": summary["communication"]["adapter_bytes"], "items": summary["data"].get("items")}  # fmt: skip
+    row = {
+        "model": model,
+        "adapter_parameters": summary["communication"]["adapter_parameters"],
+        "adapter_bytes": summary["communication"]["adapter_bytes"],
+        "items": summary["data"].get("items"),
+    }
     for kind, values in per.items():
         n = max(len(values), 1)
         row[f"{kind}_up"] = sum(v[0] for v in values.values()) / n
@@ -61,24 +74,41 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=["projection", "lora"], choices=["projection", "lora"])
     p.add_argument("--clients", type=int, default=3)
     p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--dataset-overrides", nargs="*", default=["dataset.num_users=90"],
-                   help="data for the runs (bytes do not depend on the users, only on the catalogue)")  # fmt: skip
-    p.add_argument("--overrides", nargs="*", default=[], help="further config overrides, e.g. secagg=secaggplus (default: secagg=none)")
+    p.add_argument(
+        "--dataset-overrides",
+        nargs="*",
+        default=["dataset.num_users=90"],
+        help="data for the runs (bytes do not depend on the users, only on the catalogue)",
+    )
+    p.add_argument(
+        "--overrides",
+        nargs="*",
+        default=[],
+        help="further config overrides, e.g. secagg=secaggplus (default: secagg=none)",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [measure(m, args.clients, args.rounds, args.dataset_overrides, args.overrides, Path(tmp) / m)
-                for m in args.models]  # fmt: skip
+        rows = [
+            measure(m, args.clients, args.rounds, args.dataset_overrides, args.overrides, Path(tmp) / m)
+            for m in args.models
+        ]
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"data: {' '.join(args.dataset_overrides) or '(defaults)'}; {args.clients} clients, {args.rounds} rounds; "
-          f"serialized Flower messages per client per round; target upload <= {TARGET:,} B")  # fmt: skip
-    print(f"{'model':<11} {'items':>6} {'parameters':>11} {'train up B':>11} {'train down B':>13} "
-          f"{'eval down B':>12} {'eval up B':>10} {'ratio up/2MB':>13}")  # fmt: skip
+    print(
+        f"data: {' '.join(args.dataset_overrides) or '(defaults)'}; {args.clients} clients, {args.rounds} rounds; "
+        f"serialized Flower messages per client per round; target upload <= {TARGET:,} B"
+    )
+    print(
+        f"{'model':<11} {'items':>6} {'parameters':>11} {'train up B':>11} {'train down B':>13} "
+        f"{'eval down B':>12} {'eval up B':>10} {'ratio up/2MB':>13}"
+    )
     for r in rows:
-        print(f"{r['model']:<11} {r['items'] or '':>6} {r['adapter_parameters']:>11,} {r['train_up']:>11,.0f} "
-              f"{r['train_down']:>13,.0f} {r['evaluate_down']:>12,.0f} {r['evaluate_up']:>10,.0f} {r['ratio']:>13.3f}")  # fmt: skip
+        print(
+            f"{r['model']:<11} {r['items'] or '':>6} {r['adapter_parameters']:>11,} {r['train_up']:>11,.0f} "
+            f"{r['train_down']:>13,.0f} {r['evaluate_down']:>12,.0f} {r['evaluate_up']:>10,.0f} {r['ratio']:>13.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -34,11 +34,11 @@ import torch  # noqa: E402
 
 from common.causal.task import evaluate_causal, train_causal  # noqa: E402
 from common.config import compose  # noqa: E402
+from common.data.run import load_run_data  # noqa: E402
 from common.metrics.auc import AucHistogram  # noqa: E402
 from common.metrics.ranking import MetricSums  # noqa: E402
 from common.model.factory import build_model  # noqa: E402
 from common.privacy.plans import federated_plan, is_central, learning_rate  # noqa: E402
-from common.data.run import load_run_data  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -53,44 +53,62 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = np.asarray(run.partitions[a.client])
     eval_rows = np.arange(len(run.split.users))[: a.eval_users]
     if is_central(cfg):
-        raise SystemExit("causal_auc: privacy.noise=central adds its noise at the server, which this one-client "
-                         "harness does not model; use privacy.noise=local or privacy=none")  # fmt: skip
+        raise SystemExit(
+            "causal_auc: privacy.noise=central adds its noise at the server, which this one-client "
+            "harness does not model; use privacy.noise=local or privacy=none"
+        )
     dp, plan, lr = None, None, learning_rate(cfg)
     if cfg.privacy.enabled:
         plan = federated_plan(cfg, run, a.client)
         dp = plan.dp
-        print(f"DP-SGD: ε {cfg.privacy.epsilon}, δ {plan.delta:.1e}, σ {dp.noise_multiplier:.3f}, q {plan.sample_rate:.3f}, "
-              f"{plan.total_steps} steps; {plan.num_users} users train", flush=True)  # fmt: skip
+        print(
+            f"DP-SGD: ε {cfg.privacy.epsilon}, δ {plan.delta:.1e}, σ {dp.noise_multiplier:.3f}, q {plan.sample_rate:.3f}, "
+            f"{plan.total_steps} steps; {plan.num_users} users train",
+            flush=True,
+        )
     torch.manual_seed(int(cfg.seed))
     model = build_model(cfg, run)
     rounds = []
 
     def evaluate(r: int, seconds: float, loss: float) -> None:
         t = time.perf_counter()
-        metrics, logloss = evaluate_causal(model, run, eval_rows, int(cfg.model.max_history), a.split,
-                                           int(cfg.model.eval_batch_size), cfg=cfg)  # fmt: skip
+        metrics, logloss = evaluate_causal(
+            model, run, eval_rows, int(cfg.model.max_history), a.split, int(cfg.model.eval_batch_size), cfg=cfg
+        )
         h = AucHistogram.from_metrics(metrics)
-        row = {"round": r, "auc": h.auc(), "tie_bound": h.tie_bound(), "logloss": logloss, "train_loss": loss,
-               "train_s": seconds}  # fmt: skip
+        row = {
+            "round": r,
+            "auc": h.auc(),
+            "tie_bound": h.tie_bound(),
+            "logloss": logloss,
+            "train_loss": loss,
+            "train_s": seconds,
+        }
         ranking = ""
         if "ndcg@10_sum" in metrics:  # model.rerank_run: the projection run's top-N re-ranked
             means = MetricSums.from_dict(metrics).means()
             row.update({k: means[k] for k in ("ndcg@10", "hr@10", "projection_ndcg@10", "projection_hr@10")})
-            ranking = (f"; re-ranked NDCG@10 {means['ndcg@10']:.4f} HR@10 {means['hr@10']:.4f} (projection alone "
-                       f"{means['projection_ndcg@10']:.4f} / {means['projection_hr@10']:.4f})")  # fmt: skip
+            ranking = (
+                f"; re-ranked NDCG@10 {means['ndcg@10']:.4f} HR@10 {means['hr@10']:.4f} (projection alone "
+                f"{means['projection_ndcg@10']:.4f} / {means['projection_hr@10']:.4f})"
+            )
         row["eval_s"] = time.perf_counter() - t
         rounds.append(row)
-        print(f"round {r}: {a.split} AUC {h.auc():.4f} (±{h.tie_bound():.1e} ties, {h.count} users), "
-              f"log-loss {logloss:.4f}{ranking}; train loss {loss:.4f}, {seconds:.0f} s train, "
-              f"{row['eval_s']:.0f} s eval", flush=True)  # fmt: skip
+        print(
+            f"round {r}: {a.split} AUC {h.auc():.4f} (±{h.tie_bound():.1e} ties, {h.count} users), "
+            f"log-loss {logloss:.4f}{ranking}; train loss {loss:.4f}, {seconds:.0f} s train, "
+            f"{row['eval_s']:.0f} s eval",
+            flush=True,
+        )
 
     evaluate(0, 0.0, float("nan"))
     for r in range(1, int(cfg.strategy.num_rounds) + 1):
         t = time.perf_counter()
         seed = int(cfg.seed) * 100_003 + r * 1_009 + a.client  # the client's own seed for round r
         round_dp = replace(dp, noise_seed=seed) if dp is not None and cfg.privacy.seeded_noise else dp
-        out = train_causal(model, run, rows, cfg, int(cfg.strategy.local_epochs), int(cfg.train.batch_size), lr,
-                           seed=seed, dp=round_dp)  # fmt: skip
+        out = train_causal(
+            model, run, rows, cfg, int(cfg.strategy.local_epochs), int(cfg.train.batch_size), lr, seed=seed, dp=round_dp
+        )
         if plan is not None:  # what Opacus' accountant saw must be the planned mechanism, as the client checks
             for noise, q, _ in out["history"]:
                 if abs(noise - plan.dp.noise_multiplier) > 1e-12 or abs(q - plan.sample_rate) > 1e-12:

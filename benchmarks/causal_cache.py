@@ -30,11 +30,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
+from common.causal.lm import clear_lower_cache  # noqa: E402
 from common.causal.task import PromptBuilder, user_ratings  # noqa: E402
 from common.config import compose  # noqa: E402
-from common.causal.lm import clear_lower_cache  # noqa: E402
-from common.model.factory import build_model  # noqa: E402
 from common.data.run import load_run_data  # noqa: E402
+from common.model.factory import build_model  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -44,8 +44,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
-    cfg = compose(" ".join(["model=causal_lora", "privacy=none", "model.cache_lower=true", *a.overrides,
-                           "model.lower_cache_dir=null"]))  # memory only: a disk hit would be timed as a fill
+    cfg = compose(
+        " ".join(
+            ["model=causal_lora", "privacy=none", "model.cache_lower=true", *a.overrides, "model.lower_cache_dir=null"]
+        )
+    )  # memory only: a disk hit would be timed as a fill
     run = load_run_data(cfg)
     torch.manual_seed(0)
     model = build_model(cfg, run)
@@ -83,20 +86,34 @@ def main(argv: list[str] | None = None) -> dict:
     grad_diff = max(float((a_ - b).abs().max()) for a_, b in zip(out["train_full"], out["train_cached"]))
     score_diff = float((out["score_full"] - out["score_cached"]).abs().max())
     med = {k: statistics.median(v) / len(prompts) for k, v in times.items()}
-    result = {"prompts": len(prompts), "tokens": float(model.encode(prompts)[1].sum(1).float().mean()),
-              "layers": int(model.hf.config.num_hidden_layers), "top_layers": int(cfg.model.top_layers),
-              "s_per_prompt": med, "train_ratio": med["train_full"] / med["train_cached"],
-              "score_ratio": med["score_full"] / med["score_cached"], "fill_s_per_prompt": fill / len(prompts),
-              "max_grad_diff": grad_diff, "max_score_diff": score_diff, "torch_threads": torch.get_num_threads()}  # fmt: skip
+    result = {
+        "prompts": len(prompts),
+        "tokens": float(model.encode(prompts)[1].sum(1).float().mean()),
+        "layers": int(model.hf.config.num_hidden_layers),
+        "top_layers": int(cfg.model.top_layers),
+        "s_per_prompt": med,
+        "train_ratio": med["train_full"] / med["train_cached"],
+        "score_ratio": med["score_full"] / med["score_cached"],
+        "fill_s_per_prompt": fill / len(prompts),
+        "max_grad_diff": grad_diff,
+        "max_score_diff": score_diff,
+        "torch_threads": torch.get_num_threads(),
+    }
     if a.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{result['prompts']} prompts of {result['tokens']:.0f} tokens, top {result['top_layers']} of "
-              f"{result['layers']} layers, torch threads: {result['torch_threads']}")  # fmt: skip
-        print(f"train step (fwd+bwd): full {med['train_full']:.3f} s/prompt, cached {med['train_cached']:.3f} "
-              f"s/prompt, ratio {result['train_ratio']:.1f}x; max |grad diff| {grad_diff:.1e}")  # fmt: skip
-        print(f"scoring (no grad):    full {med['score_full']:.3f} s/prompt, cached {med['score_cached']:.3f} "
-              f"s/prompt, ratio {result['score_ratio']:.1f}x; max |score diff| {score_diff:.1e}")  # fmt: skip
+        print(
+            f"{result['prompts']} prompts of {result['tokens']:.0f} tokens, top {result['top_layers']} of "
+            f"{result['layers']} layers, torch threads: {result['torch_threads']}"
+        )
+        print(
+            f"train step (fwd+bwd): full {med['train_full']:.3f} s/prompt, cached {med['train_cached']:.3f} "
+            f"s/prompt, ratio {result['train_ratio']:.1f}x; max |grad diff| {grad_diff:.1e}"
+        )
+        print(
+            f"scoring (no grad):    full {med['score_full']:.3f} s/prompt, cached {med['score_cached']:.3f} "
+            f"s/prompt, ratio {result['score_ratio']:.1f}x; max |score diff| {score_diff:.1e}"
+        )
         print(f"filling the cache: {result['fill_s_per_prompt']:.3f} s/prompt, once")
     return result
 

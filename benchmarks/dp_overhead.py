@@ -39,8 +39,8 @@ import torch  # noqa: E402
 
 import common.training.local as training  # noqa: E402
 from common.config import compose  # noqa: E402
-from common.model.factory import build_model  # noqa: E402
 from common.data.run import load_run_data  # noqa: E402
+from common.model.factory import build_model  # noqa: E402
 from common.privacy.dp_sgd import DPSettings  # noqa: E402
 from common.training.local import train_local, trainable_sequences  # noqa: E402
 
@@ -71,8 +71,17 @@ def timed(base, seqs, cfg, dp: DPSettings | None, seed: int) -> tuple[float, int
     model = copy.deepcopy(base)
     with _Counter() as c:
         t0 = time.perf_counter()
-        train_local(model, seqs, cfg.run_num_items, epochs=1, batch_size=cfg.batch_size, lr=cfg.lr,
-                    num_negatives=cfg.num_negatives, seed=seed, dp=dp)  # fmt: skip
+        train_local(
+            model,
+            seqs,
+            cfg.run_num_items,
+            epochs=1,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            num_negatives=cfg.num_negatives,
+            seed=seed,
+            dp=dp,
+        )
         seconds = time.perf_counter() - t0
     return seconds, c.users
 
@@ -84,8 +93,12 @@ def bench(model_name: str, dataset_overrides: list[str], users: int | None, repe
     if users is not None:
         seqs = seqs[:users]
     base = build_model(cfg, run)
-    p = argparse.Namespace(run_num_items=run.data.num_items, batch_size=int(cfg.train.batch_size),
-                           lr=float(cfg.train.lr), num_negatives=int(cfg.model.num_negatives))  # fmt: skip
+    p = argparse.Namespace(
+        run_num_items=run.data.num_items,
+        batch_size=int(cfg.train.batch_size),
+        lr=float(cfg.train.lr),
+        num_negatives=int(cfg.model.num_negatives),
+    )
     for dp in (None, DP):  # warm-up: allocator, Opacus import and first-call costs
         timed(base, seqs, p, dp, seed=0)
     plain, private = [], []
@@ -119,30 +132,49 @@ def profile(model_name: str, dataset_overrides: list[str], users: int | None, to
     run = load_run_data(cfg)
     seqs = trainable_sequences(run.split.train)[:users]
     base = build_model(cfg, run)
-    p = argparse.Namespace(run_num_items=run.data.num_items, batch_size=int(cfg.train.batch_size),
-                           lr=float(cfg.train.lr), num_negatives=int(cfg.model.num_negatives))  # fmt: skip
+    p = argparse.Namespace(
+        run_num_items=run.data.num_items,
+        batch_size=int(cfg.train.batch_size),
+        lr=float(cfg.train.lr),
+        num_negatives=int(cfg.model.num_negatives),
+    )
     for dp in (None, DP):
         timed(base, seqs, p, dp, seed=0)  # warm-up
         with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
             for seed in (1, 2):
                 timed(base, seqs, p, dp, seed=seed)
-        print(f"== {model_name}, {'DP-SGD' if dp else 'no DP'}, 2 epochs, "
-              f"mode={training.per_sample_gradient_mode(base) if dp else '-'}")  # fmt: skip
+        print(
+            f"== {model_name}, {'DP-SGD' if dp else 'no DP'}, 2 epochs, "
+            f"mode={training.per_sample_gradient_mode(base) if dp else '-'}"
+        )
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top, max_name_column_width=48))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["projection"], choices=["projection", "lora"])
-    p.add_argument("--dataset-overrides", nargs="*", default=[],
-                   help="config overrides for the data, e.g. dataset=movielens_100k dataset.path=...")  # fmt: skip
+    p.add_argument(
+        "--dataset-overrides",
+        nargs="*",
+        default=[],
+        help="config overrides for the data, e.g. dataset=movielens_100k dataset.path=...",
+    )
     p.add_argument("--users", type=int, default=None, help="first N trainable users (default: all)")
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--grad-sample-mode", choices=["auto", "hooks", "ew"], default="auto",
-                   help="Opacus per-sample gradient mode; auto = what training uses "
-                        "(common.privacy.dp_sgd.per_sample_gradient_mode); hooks = the old default, for before/after")  # fmt: skip
-    p.add_argument("--profile", type=int, default=0, metavar="N",
-                   help="instead of timing: torch.profiler top-N ops (self CPU) of 2 epochs without and with DP")  # fmt: skip
+    p.add_argument(
+        "--grad-sample-mode",
+        choices=["auto", "hooks", "ew"],
+        default="auto",
+        help="Opacus per-sample gradient mode; auto = what training uses "
+        "(common.privacy.dp_sgd.per_sample_gradient_mode); hooks = the old default, for before/after",
+    )
+    p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead of timing: torch.profiler top-N ops (self CPU) of 2 epochs without and with DP",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     if args.grad_sample_mode != "auto":
@@ -155,20 +187,36 @@ def main() -> None:
     command = shlex.join([Path(sys.executable).name, *sys.argv])
     threads = torch.get_num_threads()
     if args.json:
-        print(json.dumps({"command": command, "torch_threads": threads, "dp": vars(DP),
-                          "grad_sample_mode": args.grad_sample_mode, "load_average": os.getloadavg()[0],
-                          "results": rows}, indent=2))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "command": command,
+                    "torch_threads": threads,
+                    "dp": vars(DP),
+                    "grad_sample_mode": args.grad_sample_mode,
+                    "load_average": os.getloadavg()[0],
+                    "results": rows,
+                },
+                indent=2,
+            )
+        )
         return
     print(f"command: {command}")
-    print(f"torch threads: {threads}; DP: noise_multiplier={DP.noise_multiplier}, "
-          f"max_grad_norm={DP.max_grad_norm}; median of {args.repeats} interleaved repeats, 1 epoch each; "
-          f"grad_sample_mode={args.grad_sample_mode}; load average at end: {os.getloadavg()[0]:.2f}")  # fmt: skip
-    print(f"{'model':<11} {'dataset':<16} {'users':>6} {'examples non-DP/DP':>19} {'s/example non-DP':>17} "
-          f"{'s/example DP':>13} {'ratio DP/non-DP':>16}")  # fmt: skip
+    print(
+        f"torch threads: {threads}; DP: noise_multiplier={DP.noise_multiplier}, "
+        f"max_grad_norm={DP.max_grad_norm}; median of {args.repeats} interleaved repeats, 1 epoch each; "
+        f"grad_sample_mode={args.grad_sample_mode}; load average at end: {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        f"{'model':<11} {'dataset':<16} {'users':>6} {'examples non-DP/DP':>19} {'s/example non-DP':>17} "
+        f"{'s/example DP':>13} {'ratio DP/non-DP':>16}"
+    )
     for r in rows:
         ex = f"{r['examples_non_dp']:g}/{r['examples_dp']:g}"
-        print(f"{r['model']:<11} {r['dataset']:<16} {r['users']:>6} {ex:>19} {r['s_per_example_non_dp']:>17.3e} "
-              f"{r['s_per_example_dp']:>13.3e} {r['ratio']:>16.3f}")  # fmt: skip
+        print(
+            f"{r['model']:<11} {r['dataset']:<16} {r['users']:>6} {ex:>19} {r['s_per_example_non_dp']:>17.3e} "
+            f"{r['s_per_example_dp']:>13.3e} {r['ratio']:>16.3f}"
+        )
 
 
 if __name__ == "__main__":

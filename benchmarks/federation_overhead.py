@@ -35,16 +35,25 @@ def run(overrides: list[str], out: Path, threads: int | None = None) -> dict:
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "simulations.run", *overrides, f"hydra.run.dir={out}"],
-                          cwd=ROOT, env=env, capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "simulations.run", *overrides, f"hydra.run.dir={out}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - t0
     if proc.returncode:
         raise SystemExit(f"run failed: {' '.join(overrides)}\n{proc.stderr[-3000:]}")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     seconds = [float(r["fit_seconds"] if "fit_seconds" in r else r["seconds"]) for r in rows]
     summary = json.loads((out / "summary.json").read_text())
-    return {"seconds": seconds, "wall": wall, "rounds_total": float(sum(r["seconds"] for r in rows)),
-            "ndcg@10": summary["metrics"]["full"]["ndcg@10"]}  # fmt: skip
+    return {
+        "seconds": seconds,
+        "wall": wall,
+        "rounds_total": float(sum(r["seconds"] for r in rows)),
+        "ndcg@10": summary["metrics"]["full"]["ndcg@10"],
+    }
 
 
 def steady(seconds: list[float]) -> float:
@@ -54,8 +63,16 @@ def steady(seconds: list[float]) -> float:
 
 def bench(clients: int, rounds: int, extra: list[str], tmp: Path, threads: int | None = None) -> dict:
     common = ["privacy=none", "secagg=none", *extra]  # plain FedAvg: secagg_overhead.py measures SecAgg+
-    fed = run([*common, f"partition.num_clients={clients}", "strategy.local_epochs=1",
-               f"strategy.num_rounds={rounds}", "strategy.fraction_fit=1.0"], tmp / "federated")  # fmt: skip
+    fed = run(
+        [
+            *common,
+            f"partition.num_clients={clients}",
+            "strategy.local_epochs=1",
+            f"strategy.num_rounds={rounds}",
+            "strategy.fraction_fit=1.0",
+        ],
+        tmp / "federated",
+    )
     cen = run([*common, "baseline=centralized", f"train.epochs={rounds}"], tmp / "centralized", threads)
     f, c = steady(fed["seconds"]), steady(cen["seconds"])
     return {
@@ -79,9 +96,13 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=10)
     p.add_argument("--rounds", type=int, default=5, help="rounds (federated) = epochs (centralized)")
     p.add_argument("--overrides", nargs="*", default=[], help="extra config overrides for both runs")
-    p.add_argument("--centralized-threads", type=int, default=None,
-                   help="OMP_NUM_THREADS of the centralized run (default: torch's own, one per core). "
-                        "On a busy machine multi-threaded torch stalls; 1 keeps the comparison meaningful")  # fmt: skip
+    p.add_argument(
+        "--centralized-threads",
+        type=int,
+        default=None,
+        help="OMP_NUM_THREADS of the centralized run (default: torch's own, one per core). "
+        "On a busy machine multi-threaded torch stalls; 1 keeps the comparison meaningful",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,15 +110,23 @@ def main() -> None:
     if args.json:
         print(json.dumps(r, indent=2))
         return
-    print(f"overrides: {' '.join(args.overrides) or '(defaults)'}; privacy=none secagg=none; {args.rounds} rounds/epochs; "
-          f"median of rounds 2..{args.rounds}; centralized threads: {args.centralized_threads or 'torch default'}")  # fmt: skip
-    print(f"federated rounds s: {' '.join(f'{s:.2f}' for s in r['federated_rounds_s'])}; outside rounds "
-          f"{r['federated_outside_rounds_s']:.1f} s (imports, data, Ray start, final evaluation)")  # fmt: skip
-    print(f"centralized epochs s: {' '.join(f'{s:.2f}' for s in r['centralized_epochs_s'])}; outside epochs "
-          f"{r['centralized_outside_epochs_s']:.1f} s")  # fmt: skip
+    print(
+        f"overrides: {' '.join(args.overrides) or '(defaults)'}; privacy=none secagg=none; {args.rounds} rounds/epochs; "
+        f"median of rounds 2..{args.rounds}; centralized threads: {args.centralized_threads or 'torch default'}"
+    )
+    print(
+        f"federated rounds s: {' '.join(f'{s:.2f}' for s in r['federated_rounds_s'])}; outside rounds "
+        f"{r['federated_outside_rounds_s']:.1f} s (imports, data, Ray start, final evaluation)"
+    )
+    print(
+        f"centralized epochs s: {' '.join(f'{s:.2f}' for s in r['centralized_epochs_s'])}; outside epochs "
+        f"{r['centralized_outside_epochs_s']:.1f} s"
+    )
     print(f"{'clients':>7} {'federated s/round':>18} {'centralized s/epoch':>20} {'ratio fed/central':>18}")
-    print(f"{r['clients']:>7} {r['federated_s_per_round']:>18.3f} {r['centralized_s_per_epoch']:>20.3f} "
-          f"{r['ratio']:>18.3f}")  # fmt: skip
+    print(
+        f"{r['clients']:>7} {r['federated_s_per_round']:>18.3f} {r['centralized_s_per_epoch']:>20.3f} "
+        f"{r['ratio']:>18.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -36,23 +36,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays  # noqa: E402
 
 from common.config import compose  # noqa: E402
+from common.data.run import load_run_data, training_sequences  # noqa: E402
 from common.evaluation import histories, model_scorer  # noqa: E402
 from common.fairness.groups import top_items  # noqa: E402
 from common.metrics.ranking import MetricSums, full_ranks  # noqa: E402
-from common.runs.store import RunStore  # noqa: E402
-from common.training.updates import clip_update, update  # noqa: E402
-from common.serialization import get_weights, set_weights  # noqa: E402
 from common.model.factory import build_model  # noqa: E402
-from common.data.run import load_run_data, training_sequences  # noqa: E402
+from common.runs.store import RunStore  # noqa: E402
+from common.serialization import get_weights, set_weights  # noqa: E402
 from common.training.local import train_local  # noqa: E402
+from common.training.updates import clip_update, update  # noqa: E402
 from server.strategy import RecommenderFedAvg  # noqa: E402
 
 # bounds: off | fixed (norm bound + weight cap) | median (also scaled to 3 x the round's median norm)
-SCENARIOS = [("none", "off", ""), ("none", "median", ""),
-             ("promote", "off", ""), ("promote", "fixed", "naive"), ("promote", "fixed", "adaptive"),
-             ("promote", "median", "adaptive"),
-             ("sink", "off", ""), ("sink", "fixed", "naive"), ("sink", "fixed", "adaptive"),
-             ("sink", "median", "adaptive")]  # fmt: skip
+SCENARIOS = [
+    ("none", "off", ""),
+    ("none", "median", ""),
+    ("promote", "off", ""),
+    ("promote", "fixed", "naive"),
+    ("promote", "fixed", "adaptive"),
+    ("promote", "median", "adaptive"),
+    ("sink", "off", ""),
+    ("sink", "fixed", "naive"),
+    ("sink", "fixed", "adaptive"),
+    ("sink", "median", "adaptive"),
+]
 
 
 def _norm(arrays: list[np.ndarray]) -> float:
@@ -69,17 +76,23 @@ def evaluate(model, run, target: int) -> tuple[float, float]:
     return sums.means()["ndcg@10"], float((top == target).any(axis=1).mean())
 
 
-def run_scenario(cfg, run, attack: str, bounds: str, attacker: str, seed: int, rounds: int, boost: float,
-                 claim: int, target: int) -> tuple[float, float]:  # fmt: skip
+def run_scenario(
+    cfg, run, attack: str, bounds: str, attacker: str, seed: int, rounds: int, boost: float, claim: int, target: int
+) -> tuple[float, float]:
     model = build_model(cfg, run)
     clients = [training_sequences(run.split, rows) for rows in run.partitions]
     max_norm = float(cfg.strategy.max_update_norm)
     cap = max(len(rows) for rows in run.partitions)
     on = bounds != "off"
-    strategy = RecommenderFedAvg(store=RunStore(Path("/tmp") / f"hostile-{seed}"), num_rounds=rounds,
-                                 evaluate_every=0, initial_parameters=ndarrays_to_parameters(get_weights(model)),
-                                 update_bound=max_norm if on else None, max_client_weight=cap if on else None,
-                                 median_norm_ratio=3.0 if bounds == "median" else None)  # fmt: skip
+    strategy = RecommenderFedAvg(
+        store=RunStore(Path("/tmp") / f"hostile-{seed}"),
+        num_rounds=rounds,
+        evaluate_every=0,
+        initial_parameters=ndarrays_to_parameters(get_weights(model)),
+        update_bound=max_norm if on else None,
+        max_client_weight=cap if on else None,
+        median_norm_ratio=3.0 if bounds == "median" else None,
+    )
     for r in range(1, rounds + 1):
         glob = parameters_to_ndarrays(strategy.latest_parameters)
         results = []
@@ -87,8 +100,16 @@ def run_scenario(cfg, run, attack: str, bounds: str, attacker: str, seed: int, r
             set_weights(model, glob)
             poisoned = attack == "promote" and cid == 0
             data = [np.append(s, target) for s in seqs] if poisoned else seqs
-            train_local(model, data, run.data.num_items, cfg.strategy.local_epochs, cfg.train.batch_size,
-                        cfg.train.lr, cfg.model.num_negatives, seed * 100_003 + r * 1_009 + cid)  # fmt: skip
+            train_local(
+                model,
+                data,
+                run.data.num_items,
+                cfg.strategy.local_epochs,
+                cfg.train.batch_size,
+                cfg.train.lr,
+                cfg.model.num_negatives,
+                seed * 100_003 + r * 1_009 + cid,
+            )
             delta = update(get_weights(model), glob)
             weight = len(seqs)
             if cid == 0 and attack != "none":
@@ -99,8 +120,12 @@ def run_scenario(cfg, run, attack: str, bounds: str, attacker: str, seed: int, r
                     weight = cap
             else:
                 delta, _ = clip_update(delta, max_norm)  # honest clients clip, as the ClientApp does
-            res = FitRes(Status(Code.OK, ""), ndarrays_to_parameters([d.astype(np.float32) for d in delta]), weight,
-                         {"client_id": cid, "train_loss": 0.0})  # fmt: skip
+            res = FitRes(
+                Status(Code.OK, ""),
+                ndarrays_to_parameters([d.astype(np.float32) for d in delta]),
+                weight,
+                {"client_id": cid, "train_loss": 0.0},
+            )
             results.append((None, res))
         strategy.aggregate_fit(r, results, [])
     set_weights(model, parameters_to_ndarrays(strategy.latest_parameters))
@@ -126,11 +151,15 @@ def main() -> None:
             rare = np.argsort(counts, kind="stable")[:5]
         target = int(np.random.default_rng(seed).choice(rare))
         for attack, bounds, attacker in SCENARIOS:
-            ndcg, share = run_scenario(cfg, run, attack, bounds, attacker, seed, args.rounds, args.boost, args.claim,
-                                       target)  # fmt: skip
+            ndcg, share = run_scenario(
+                cfg, run, attack, bounds, attacker, seed, args.rounds, args.boost, args.claim, target
+            )
             table.setdefault((attack, bounds, attacker), []).append((ndcg, share))
-            print(f"seed {seed} target {target} ({counts[target]} interactions): attack={attack} bounds={bounds} "
-                  f"{attacker or '-'}: ndcg@10 {ndcg:.4f}, top-10 share of target {share:.4f}", flush=True)  # fmt: skip
+            print(
+                f"seed {seed} target {target} ({counts[target]} interactions): attack={attack} bounds={bounds} "
+                f"{attacker or '-'}: ndcg@10 {ndcg:.4f}, top-10 share of target {share:.4f}",
+                flush=True,
+            )
     print("\n| attack | server bounds | attacker | NDCG@10 | users with the target in their top-10 |")
     print("|---|---|---|---|---|")
     for (attack, bounds, attacker), vals in table.items():

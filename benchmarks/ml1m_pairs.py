@@ -37,8 +37,15 @@ def convert(src: Path, out: Path, seed: int = 0) -> dict:
     users = []
     for _, f in _rows(src / "users.dat", "::", 5):
         age = int(f[2])
-        users.append({"user_id": f[0], "gender": f[1], "age_group": ML1M_AGE_LABELS.get(age, str(age)),
-                      "occupation": ML1M_OCCUPATIONS[int(f[3])], "region": _region(f[4])})  # fmt: skip
+        users.append(
+            {
+                "user_id": f[0],
+                "gender": f[1],
+                "age_group": ML1M_AGE_LABELS.get(age, str(age)),
+                "occupation": ML1M_OCCUPATIONS[int(f[3])],
+                "region": _region(f[4]),
+            }
+        )
     known = {i for i, _ in items}
     unknown = sorted(set(pairs["movieID"].astype(str)) - known)
     if unknown:
@@ -68,8 +75,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed of the within-user random order")
     args = ap.parse_args()
     stats = convert(args.src, args.out, args.seed)
-    print(f"{args.out}: {stats['pairs']:,} pairs, {stats['users']:,} users, {stats['items']:,} items "
-          "(random order within each user: random leave-one-out)")  # fmt: skip
+    print(
+        f"{args.out}: {stats['pairs']:,} pairs, {stats['users']:,} users, {stats['items']:,} items "
+        "(random order within each user: random leave-one-out)"
+    )
 
 
 if __name__ == "__main__":

@@ -29,13 +29,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.config import compose  # noqa: E402
-from common.privacy.distributed import ServerOptimizer, noisy_gradient_sum  # noqa: E402
+from common.data.run import load_run_data, training_sequences  # noqa: E402
 from common.evaluation import evaluate_users  # noqa: E402
+from common.model.factory import build_model  # noqa: E402
+from common.privacy.distributed import ServerOptimizer, noisy_gradient_sum  # noqa: E402
+from common.privacy.plans import learning_rate, pooled_plan  # noqa: E402
 from common.privacy.popularity_prior import noisy_share, prior_logits, user_counts  # noqa: E402
 from common.serialization import get_weights, set_weights  # noqa: E402
-from common.model.factory import build_model  # noqa: E402
-from common.privacy.plans import learning_rate, pooled_plan  # noqa: E402
-from common.data.run import load_run_data, training_sequences  # noqa: E402
 from common.training.local import trainable_sequences  # noqa: E402
 
 
@@ -53,9 +53,11 @@ def run_one(overrides: list[str], seed: int, eval_every: int, seeded: bool, save
     clients = [trainable_sequences(training_sequences(run.split, rows)) for rows in run.partitions]
     opt = ServerOptimizer(get_weights(model), learning_rate(cfg))
     names = [n for n, p in model.named_parameters() if p.requires_grad]
-    print(f"seed {seed}: σ={plan.noise_multiplier:.3f} q={plan.sample_rate:.3f} steps={plan.steps} "
-          f"t={plan.noise_shares} of {plan.num_clients} clients, d={sum(p.size for p in get_weights(model))}",
-          flush=True)  # fmt: skip
+    print(
+        f"seed {seed}: σ={plan.noise_multiplier:.3f} q={plan.sample_rate:.3f} steps={plan.steps} "
+        f"t={plan.noise_shares} of {plan.num_clients} clients, d={sum(p.size for p in get_weights(model))}",
+        flush=True,
+    )
     curve = []
     start = time.perf_counter()
     for step in range(1, plan.steps + 1):
@@ -68,9 +70,14 @@ def run_one(overrides: list[str], seed: int, eval_every: int, seeded: bool, save
             total = total[:-1]
         new = opt.step([(g / plan.expected_batch).astype(np.float32) for g in total])
         if step == 1 and plan.prior is not None:
-            prior = sum(noisy_share(user_counts(seqs, run.data.num_items), plan.prior,
-                                    np.random.default_rng(None if not seeded else cfg.seed * 100_003 + 1_009 + cid + 1))
-                        for cid, seqs in enumerate(clients))  # fmt: skip
+            prior = sum(
+                noisy_share(
+                    user_counts(seqs, run.data.num_items),
+                    plan.prior,
+                    np.random.default_rng(None if not seeded else cfg.seed * 100_003 + 1_009 + cid + 1),
+                )
+                for cid, seqs in enumerate(clients)
+            )
             i = names.index("bias.weight")
             new[i] = new[i] + prior_logits(prior, plan.prior).reshape(new[i].shape)
             opt.assign(new)
@@ -78,8 +85,11 @@ def run_one(overrides: list[str], seed: int, eval_every: int, seeded: bool, save
         if step % eval_every == 0 or step == plan.steps:
             m = evaluate(model, run, cfg)
             curve.append({"step": step, **{k: round(v, 4) for k, v in m.items()}})
-            print(f"  step {step}: ndcg@10 {m['ndcg@10']:.4f} hr@10 {m['hr@10']:.4f} "
-                  f"({time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
+            print(
+                f"  step {step}: ndcg@10 {m['ndcg@10']:.4f} hr@10 {m['hr@10']:.4f} "
+                f"({time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
     if save is not None:  # the final adapter, by parameter name (for the equivalence test)
         save.mkdir(parents=True, exist_ok=True)
         np.savez(save / f"adapter_seed{seed}.npz", **dict(zip(names, get_weights(model))))

@@ -32,9 +32,15 @@ def read(run_dir: Path) -> dict:
     s = json.loads(path.read_text())
     full = s["metrics"]["full"]
     privacy = s.get("privacy") or {}
-    return {"dir": str(run_dir), "kind": s.get("kind", "?"), "ndcg@10": full["ndcg@10"], "hr@10": full["hr@10"],
-            "epsilon": privacy.get("epsilon_max"), "s_per_round": s.get("timing", {}).get("seconds_per_round"),
-            "rounds": s.get("timing", {}).get("rounds")}  # fmt: skip
+    return {
+        "dir": str(run_dir),
+        "kind": s.get("kind", "?"),
+        "ndcg@10": full["ndcg@10"],
+        "hr@10": full["hr@10"],
+        "epsilon": privacy.get("epsilon_max"),
+        "s_per_round": s.get("timing", {}).get("seconds_per_round"),
+        "rounds": s.get("timing", {}).get("rounds"),
+    }
 
 
 def fresh_pair(overrides: str, tmp: Path) -> tuple[Path, Path]:
@@ -66,15 +72,21 @@ def main() -> None:
         if args.run is not None:
             pairs.append((args.run or "(defaults)", *fresh_pair(args.run, Path(tmp))))
         rows = [(label, read(f), read(c)) for label, f, c in pairs]
-    print(f"{'pair':<12} {'fed NDCG@10':>11} {'cen NDCG@10':>11} {'fed HR@10':>9} {'cen HR@10':>9} {'fed eps':>7} "
-          f"{'cen eps':>7} {'fed s/round':>11} {'cen s/epoch':>11} {'ratio fed/cen':>13}")  # fmt: skip
+    print(
+        f"{'pair':<12} {'fed NDCG@10':>11} {'cen NDCG@10':>11} {'fed HR@10':>9} {'cen HR@10':>9} {'fed eps':>7} "
+        f"{'cen eps':>7} {'fed s/round':>11} {'cen s/epoch':>11} {'ratio fed/cen':>13}"
+    )
     for label, f, c in rows:
-        print(f"{label[:12]:<12} {f['ndcg@10']:>11.4f} {c['ndcg@10']:>11.4f} {f['hr@10']:>9.4f} {c['hr@10']:>9.4f} "
-              f"{_eps(f['epsilon']):>7} {_eps(c['epsilon']):>7} {f['s_per_round'] or 0:>11.2f} "
-              f"{c['s_per_round'] or 0:>11.2f} {f['ndcg@10'] / c['ndcg@10']:>13.3f}")  # fmt: skip
+        print(
+            f"{label[:12]:<12} {f['ndcg@10']:>11.4f} {c['ndcg@10']:>11.4f} {f['hr@10']:>9.4f} {c['hr@10']:>9.4f} "
+            f"{_eps(f['epsilon']):>7} {_eps(c['epsilon']):>7} {f['s_per_round'] or 0:>11.2f} "
+            f"{c['s_per_round'] or 0:>11.2f} {f['ndcg@10'] / c['ndcg@10']:>13.3f}"
+        )
     for label, f, c in rows:
-        print(f"{label}: federated {f['dir']} ({f['kind']}, {f['rounds']} rounds); centralized {c['dir']} "
-              f"({c['kind']}, {c['rounds']} epochs)")  # fmt: skip
+        print(
+            f"{label}: federated {f['dir']} ({f['kind']}, {f['rounds']} rounds); centralized {c['dir']} "
+            f"({c['kind']}, {c['rounds']} epochs)"
+        )
 
 
 if __name__ == "__main__":

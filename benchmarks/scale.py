@@ -53,12 +53,14 @@ def prepare_data(folder: Path, users: int, items: int, mean: int, seed: int) -> 
     d = make_synthetic(num_users=users, num_items=items, mean_interactions=mean, seed=seed)
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
     lengths = [len(s) for s in d.sequences]
-    pd.DataFrame({
-        "user_id": [u for u, n in zip(d.user_ids, lengths) for _ in range(n)],
-        "item_id": [d.item_ids[i] for s in d.sequences for i in s],
-        "timestamp": [int(t) for ts in d.timestamps for t in ts],
-        "rating": [float(r) for rs in d.ratings for r in rs],
-    }).to_parquet(tmp / "interactions.parquet", index=False)  # fmt: skip
+    pd.DataFrame(
+        {
+            "user_id": [u for u, n in zip(d.user_ids, lengths) for _ in range(n)],
+            "item_id": [d.item_ids[i] for s in d.sequences for i in s],
+            "timestamp": [int(t) for ts in d.timestamps for t in ts],
+            "rating": [float(r) for rs in d.ratings for r in rs],
+        }
+    ).to_parquet(tmp / "interactions.parquet", index=False)
     pd.DataFrame({"item_id": d.item_ids, "text": d.item_text}).to_parquet(tmp / "items.parquet", index=False)
     d.user_attributes.assign(user_id=d.user_ids).to_parquet(tmp / "users.parquet", index=False)
     (tmp / "generator.json").write_text(json.dumps(stats))
@@ -100,8 +102,13 @@ def run(overrides: list[str], out: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "FLWR_TELEMETRY_ENABLED": "0", "FEDREC_PROGRESS": "0"}
     log = open(out.parent / f"{out.name}.log", "w")
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "simulations.run", *overrides, f"hydra.run.dir={out}"],
-                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simulations.run", *overrides, f"hydra.run.dir={out}"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     mem = TreeMemory(proc.pid)
     mem.start()
     code = proc.wait()
@@ -114,8 +121,14 @@ def run(overrides: list[str], out: Path) -> dict:
         raise SystemExit(f"run failed ({code}): {' '.join(overrides)}\n{tail}")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     summary = json.loads((out / "summary.json").read_text())
-    return {"rows": rows, "summary": summary, "wall": wall, "peak_rss": mem.peak_rss, "peak_pss": mem.peak_pss,
-            "peak_processes": mem.peak_processes}  # fmt: skip
+    return {
+        "rows": rows,
+        "summary": summary,
+        "wall": wall,
+        "peak_rss": mem.peak_rss,
+        "peak_pss": mem.peak_pss,
+        "peak_processes": mem.peak_processes,
+    }
 
 
 def main() -> None:
@@ -125,12 +138,24 @@ def main() -> None:
     p.add_argument("--mean-interactions", type=int, default=165)
     p.add_argument("--fraction", type=float, default=0.1, help="strategy.fraction_fit")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--privacy", choices=["central", "none"], default="central",
-                   help="central = DP-FedAvg (user-level for one-user clients); none = no DP")  # fmt: skip
-    p.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "fedrec_scale_data",
-                   help="where the generated set is kept between runs (outside the repo)")  # fmt: skip
-    p.add_argument("--dataset-overrides", nargs="*", default=None,
-                   help="use this data instead of the generated set, e.g. dataset=movielens_1m dataset.path=DIR")  # fmt: skip
+    p.add_argument(
+        "--privacy",
+        choices=["central", "none"],
+        default="central",
+        help="central = DP-FedAvg (user-level for one-user clients); none = no DP",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "fedrec_scale_data",
+        help="where the generated set is kept between runs (outside the repo)",
+    )
+    p.add_argument(
+        "--dataset-overrides",
+        nargs="*",
+        default=None,
+        help="use this data instead of the generated set, e.g. dataset=movielens_1m dataset.path=DIR",
+    )
     p.add_argument("--overrides", nargs="*", default=[], help="further config overrides")
     p.add_argument("--keep", type=Path, default=None, help="keep the run folder here")
     args = p.parse_args()
@@ -138,14 +163,24 @@ def main() -> None:
         folder = args.data_dir / f"synthetic_{args.users}u_{args.items}i_{args.mean_interactions}m"
         folder.parent.mkdir(parents=True, exist_ok=True)
         t = time.perf_counter()
-        data = ["dataset=csv", f"dataset.path={prepare_data(folder, args.users, args.items, args.mean_interactions, 0)}"]
+        data = [
+            "dataset=csv",
+            f"dataset.path={prepare_data(folder, args.users, args.items, args.mean_interactions, 0)}",
+        ]
         print(f"data: {folder} ({time.perf_counter() - t:.0f} s to prepare)", flush=True)
     else:
         data = args.dataset_overrides
     privacy = ["privacy=dp", "privacy.noise=central"] if args.privacy == "central" else ["privacy=none"]
     # secagg=none: all-pairs SecAgg+ over one-user clients is refused (quadratic key agreement).
-    overrides = [*data, "partition=cross_device", "secagg=none", f"strategy.fraction_fit={args.fraction}",
-                 f"strategy.num_rounds={args.rounds}", *privacy, *args.overrides]  # fmt: skip
+    overrides = [
+        *data,
+        "partition=cross_device",
+        "secagg=none",
+        f"strategy.fraction_fit={args.fraction}",
+        f"strategy.num_rounds={args.rounds}",
+        *privacy,
+        *args.overrides,
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         out = args.keep or Path(tmp) / "run"
         r = run(overrides, out)
@@ -155,15 +190,23 @@ def main() -> None:
     data_block = r["summary"].get("data", {})
     peak_gib = r["peak_pss"] / GIB
     print(f"overrides: {' '.join(overrides)}")
-    print(f"users {data_block.get('users')}, clients {data_block.get('clients', len(data_block.get('client_users', [])))}, "
-          f"clients per round {[x.get('clients') for x in rows]}")  # fmt: skip
-    print(f"fit seconds per round: {' '.join(f'{s:.1f}' for s in fit)}; whole run {r['wall']:.0f} s "
-          f"(data, Ray start, rounds, final evaluation of every client)")  # fmt: skip
-    print(f"peak memory of the process tree ({r['peak_processes']} processes): PSS {peak_gib:.2f} GiB, "
-          f"RSS sum {r['peak_rss'] / GIB:.2f} GiB")  # fmt: skip
+    print(
+        f"users {data_block.get('users')}, clients {data_block.get('clients', len(data_block.get('client_users', [])))}, "
+        f"clients per round {[x.get('clients') for x in rows]}"
+    )
+    print(
+        f"fit seconds per round: {' '.join(f'{s:.1f}' for s in fit)}; whole run {r['wall']:.0f} s "
+        f"(data, Ray start, rounds, final evaluation of every client)"
+    )
+    print(
+        f"peak memory of the process tree ({r['peak_processes']} processes): PSS {peak_gib:.2f} GiB, "
+        f"RSS sum {r['peak_rss'] / GIB:.2f} GiB"
+    )
     print(f"{'s/round':>8} {'target':>7} {'ratio':>6} {'peak GiB':>9} {'target':>7} {'ratio':>6}")
-    print(f"{per_round:>8.1f} {TARGET_S:>7.0f} {per_round / TARGET_S:>6.2f} {peak_gib:>9.2f} {TARGET_GIB:>7.0f} "
-          f"{peak_gib / TARGET_GIB:>6.2f}")  # fmt: skip
+    print(
+        f"{per_round:>8.1f} {TARGET_S:>7.0f} {per_round / TARGET_S:>6.2f} {peak_gib:>9.2f} {TARGET_GIB:>7.0f} "
+        f"{peak_gib / TARGET_GIB:>6.2f}"
+    )
 
 
 if __name__ == "__main__":

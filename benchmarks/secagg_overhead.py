@@ -23,14 +23,20 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(clients: int, rounds: int, secagg: bool, users: int, out: Path, extra: list[str]) -> dict:
-    overrides = [*(extra if secagg else []),
-        f"dataset.num_users={users}", f"partition.num_clients={clients}", f"strategy.num_rounds={rounds}",
-        "privacy=none", f"secagg={'secaggplus' if secagg else 'none'}", f"hydra.run.dir={out}",
+    overrides = [
+        *(extra if secagg else []),
+        f"dataset.num_users={users}",
+        f"partition.num_clients={clients}",
+        f"strategy.num_rounds={rounds}",
+        "privacy=none",
+        f"secagg={'secaggplus' if secagg else 'none'}",
+        f"hydra.run.dir={out}",
         "simulation.measure_bytes=true",
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "FLWR_TELEMETRY_ENABLED": "0"}
-    proc = subprocess.run([sys.executable, "-m", "simulations.run", *overrides], cwd=ROOT, env=env,
-                          capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "simulations.run", *overrides], cwd=ROOT, env=env, capture_output=True, text=True
+    )
     if proc.returncode:
         raise SystemExit(f"run failed ({clients} clients, secagg={secagg}):\n{proc.stderr[-2000:]}")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -58,19 +64,24 @@ def main() -> None:
     p.add_argument("--clients", type=int, nargs="+", default=[10, 50])
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--users", type=int, default=600)
-    p.add_argument("--num-shares", default=None,
-                   help="secagg.num_shares (fraction of clients, or an odd int > 2); default: config")  # fmt: skip
+    p.add_argument(
+        "--num-shares", default=None, help="secagg.num_shares (fraction of clients, or an odd int > 2); default: config"
+    )
     args = p.parse_args()
-    print(f"{'clients':>7} {'plain s/round':>14} {'secagg s/round':>15} {'time ratio':>10} "
-          f"{'plain up B':>11} {'secagg up B':>12} {'plain down B':>12} {'secagg down B':>13}")  # fmt: skip
+    print(
+        f"{'clients':>7} {'plain s/round':>14} {'secagg s/round':>15} {'time ratio':>10} "
+        f"{'plain up B':>11} {'secagg up B':>12} {'plain down B':>12} {'secagg down B':>13}"
+    )
     extra = [f"secagg.num_shares={args.num_shares}"] if args.num_shares else []
     with tempfile.TemporaryDirectory() as tmp:
         for k in args.clients:
             plain = run(k, args.rounds, False, args.users, Path(tmp) / f"plain{k}", extra)
             sa = run(k, args.rounds, True, args.users, Path(tmp) / f"sa{k}", extra)
-            print(f"{k:>7} {plain['seconds_per_round']:>14.2f} {sa['seconds_per_round']:>15.2f} "
-                  f"{sa['seconds_per_round'] / plain['seconds_per_round']:>10.2f} {plain['up']:>11.0f} "
-                  f"{sa['up']:>12.0f} {plain['down']:>12.0f} {sa['down']:>13.0f}")  # fmt: skip
+            print(
+                f"{k:>7} {plain['seconds_per_round']:>14.2f} {sa['seconds_per_round']:>15.2f} "
+                f"{sa['seconds_per_round'] / plain['seconds_per_round']:>10.2f} {plain['up']:>11.0f} "
+                f"{sa['up']:>12.0f} {plain['down']:>12.0f} {sa['down']:>13.0f}"
+            )
 
 
 if __name__ == "__main__":

@@ -50,7 +50,9 @@ def table(runs: list[tuple[dict, dict]], metrics: list[str]) -> list[str]:
         for metric in metrics:
             values = [m[1]["metrics"]["full"][metric] for m in members]
             sd = statistics.stdev(values) if len(values) > 1 else float("nan")
-            parts.append(f"{metric} {statistics.fmean(values):.4f} ± {sd:.4f} ({', '.join(f'{v:.4f}' for v in values)})")
+            parts.append(
+                f"{metric} {statistics.fmean(values):.4f} ± {sd:.4f} ({', '.join(f'{v:.4f}' for v in values)})"
+            )
         eps = [m[1]["privacy"].get("epsilon_max") for m in members]
         eps = [e for e in eps if e is not None]
         secs = [m[1]["timing"].get("seconds_per_round") for m in members]

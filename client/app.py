@@ -12,9 +12,9 @@ import json
 import logging
 import secrets
 import time
-from pathlib import Path
 from dataclasses import replace
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 from flwr.app import ConfigRecord, Context
@@ -24,27 +24,40 @@ from flwr.common import Message, MessageType
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-from common.data.catalogue import catalogue_source, check_catalogue
 from common.config import compose
-from common.device import resolve_device
+from common.console import quiet_third_party
+from common.data.catalogue import catalogue_source, check_catalogue
+from common.data.run import load_run_data, training_sequences
 from common.deployment.node import client_id_of, is_deployed_node, is_deployment, load_client_data, node_device
-from common.privacy.distributed import check_protocol, noisy_gradient_sum
+from common.device import resolve_device
 from common.evaluation import evaluate_users
-from common.privacy.accounting import PrivacyConfigError
 from common.fairness.rerank_eval import PREFIX as RERANK_PREFIX
 from common.fairness.rerank_eval import RerankSettings, info_metrics
+from common.model.factory import build_model
+from common.privacy.accounting import PrivacyConfigError
+from common.privacy.distributed import check_protocol, noisy_gradient_sum
+from common.privacy.ledger import (
+    PRIOR,
+    REFUSED,
+    TRAINED,
+    LedgerRow,
+    PrivacyLedger,
+    budget_of,
+    check_server_record,
+    cross_checked,
+    epsilon_after,
+    ledger_path,
+    within_budget,
+)
+from common.privacy.plans import ClientPlan, federated_plan, is_central, is_distributed, learning_rate, pooled_plan
 from common.privacy.popularity_prior import PRIOR_KEY, noisy_share, user_counts
-from common.privacy.ledger import (PRIOR, REFUSED, TRAINED, LedgerRow, PrivacyLedger, budget_of, check_server_record,
-                                   cross_checked, epsilon_after, ledger_path, within_budget)  # fmt: skip
-from common.training.updates import check_finite, clip_update, update
 from common.secagg.protocol import dropout_clients
 from common.serialization import get_weights, set_weights
-from common.privacy.plans import ClientPlan, federated_plan, is_central, is_distributed, learning_rate, pooled_plan
-from common.model.factory import build_model
-from common.data.run import load_run_data, training_sequences
 from common.training.local import mean_loss, train_local, trainable_sequences
+from common.training.updates import check_finite, clip_update, update
 
 log = logging.getLogger("fedrec")
+quiet_third_party()  # FEDREC_VERBOSE=1 shows Flower's per-round INFO lines again
 LEDGER_KEY = "dp_ledger"
 PLAN_KEY = "dp_plan"
 
@@ -70,15 +83,14 @@ class RecommenderClient(NumPyClient):
             self.partition = 0
             self.run = load_client_data(self.cfg, node)
         elif is_deployment(self.cfg):
-            raise ValueError("deployment.catalogue is set but this SuperNode has no node-config data-path "
-                             "(see docs/deployment.md)")  # fmt: skip
+            raise ValueError(
+                "deployment.catalogue is set but this SuperNode has no node-config data-path (see docs/deployment.md)"
+            )
         else:
             self.client_id = self.partition = int(node["partition-id"])
             self.run = _run_data(str(context.run_config.get("overrides", "")))
         if self.partition >= self.run.num_clients:
-            raise ValueError(
-                f"partition-id {self.client_id} but the partition has {self.run.num_clients} clients"
-            )
+            raise ValueError(f"partition-id {self.client_id} but the partition has {self.run.num_clients} clients")
         self.rows = self.run.partitions[self.partition]
         self.state = context.state
         self.ledger_path = ledger_path(self.cfg, node, self.client_id)
@@ -94,22 +106,44 @@ class RecommenderClient(NumPyClient):
         record = self.state.config_records.get(LEDGER_KEY)
         return PrivacyLedger.open(self.ledger_path, str(record["rows"]) if record is not None else None)
 
-    def _record(self, ledger: PrivacyLedger, server_round: int, status: str, steps: int, noise: float,
-                q: float, delta: float) -> dict:
+    def _record(
+        self, ledger: PrivacyLedger, server_round: int, status: str, steps: int, noise: float, q: float, delta: float
+    ) -> dict:
         """Append this round to the ledger (ε by both accountants) and return the fit metrics
         that report it."""
         state = ledger.accountant().add(noise, q, steps)  # the rows so far plus this round
         accountant = self.cfg.privacy.accountant
         eps, check, check_name, agree = cross_checked(state, delta, accountant)
         budget = budget_of(self.cfg.privacy)
-        row = ledger.append(LedgerRow(server_round, status, steps, state.steps, q, noise, eps, check, accountant,
-                                      check_name, agree, delta, budget))  # fmt: skip
+        row = ledger.append(
+            LedgerRow(
+                server_round,
+                status,
+                steps,
+                state.steps,
+                q,
+                noise,
+                eps,
+                check,
+                accountant,
+                check_name,
+                agree,
+                delta,
+                budget,
+            )
+        )
         # Mirrored in the Flower state even with a file: a file that later holds fewer rows
         # than the state remembers is refused (see PrivacyLedger.open).
         self.state.config_records[LEDGER_KEY] = ConfigRecord({"rows": ledger.to_json()})
         if not agree:
-            log.warning("client %d: accountants disagree: %s ε=%.4f, %s ε=%.4f", self.client_id,
-                        accountant, eps, check_name, check)  # fmt: skip
+            log.warning(
+                "client %d: accountants disagree: %s ε=%.4f, %s ε=%.4f",
+                self.client_id,
+                accountant,
+                eps,
+                check_name,
+                check,
+            )
         metrics = {k: v for k, v in row.items() if v is not None and k not in ("round", "status", "steps")}
         metrics["ledger_status"] = status
         return metrics
@@ -145,13 +179,27 @@ class RecommenderClient(NumPyClient):
             ledger = self._ledger()
             check_server_record(ledger, config, self.client_id)
             budget = budget_of(self.cfg.privacy)
-            after = epsilon_after(ledger.accountant(), plan.dp.noise_multiplier, plan.sample_rate,
-                                  plan.steps_per_round, plan.delta, self.cfg.privacy.accountant)  # fmt: skip
+            after = epsilon_after(
+                ledger.accountant(),
+                plan.dp.noise_multiplier,
+                plan.sample_rate,
+                plan.steps_per_round,
+                plan.delta,
+                self.cfg.privacy.accountant,
+            )
             if not within_budget(after, budget):
-                log.warning("client %d: refusing round %d: it would bring ε to %.3f, over privacy.budget_epsilon=%s",
-                            self.client_id, server_round, after, budget)  # fmt: skip
-                metrics.update(self._record(ledger, server_round, REFUSED, 0, plan.dp.noise_multiplier,
-                                            plan.sample_rate, plan.delta))  # fmt: skip
+                log.warning(
+                    "client %d: refusing round %d: it would bring ε to %.3f, over privacy.budget_epsilon=%s",
+                    self.client_id,
+                    server_round,
+                    after,
+                    budget,
+                )
+                metrics.update(
+                    self._record(
+                        ledger, server_round, REFUSED, 0, plan.dp.noise_multiplier, plan.sample_rate, plan.delta
+                    )
+                )
                 # Weight 0 and no change: the round's aggregate goes on without this client.
                 metrics.update(budget_refused=True, train_loss=float("nan"), steps=0)
                 return [np.zeros_like(p) for p in parameters], 0, metrics
@@ -164,8 +212,17 @@ class RecommenderClient(NumPyClient):
         if self.cfg.model.name == "causal_lora":  # yes/no prompts; same plan check and ledger below
             from common.causal.task import train_causal
 
-            result = train_causal(model, self.run, self.rows, self.cfg, self.cfg.strategy.local_epochs,
-                                  self.cfg.train.batch_size, learning_rate(self.cfg), seed, dp)  # fmt: skip
+            result = train_causal(
+                model,
+                self.run,
+                self.rows,
+                self.cfg,
+                self.cfg.strategy.local_epochs,
+                self.cfg.train.batch_size,
+                learning_rate(self.cfg),
+                seed,
+                dp,
+            )
         else:
             result = train_local(
                 model,
@@ -183,11 +240,16 @@ class RecommenderClient(NumPyClient):
             # Record what Opacus' own accountant saw, after checking it is the planned mechanism.
             for noise, q, _ in result["history"]:
                 if abs(noise - plan.dp.noise_multiplier) > 1e-12 or abs(q - plan.sample_rate) > 1e-12:
-                    raise RuntimeError(f"client {self.client_id}: trained with σ={noise}, q={q}, "
-                                       f"planned σ={plan.dp.noise_multiplier}, q={plan.sample_rate}")  # fmt: skip
+                    raise RuntimeError(
+                        f"client {self.client_id}: trained with σ={noise}, q={q}, "
+                        f"planned σ={plan.dp.noise_multiplier}, q={plan.sample_rate}"
+                    )
             steps = sum(s for _, _, s in result["history"])
-            metrics.update(self._record(ledger, server_round, TRAINED, steps, plan.dp.noise_multiplier,
-                                        plan.sample_rate, plan.delta))  # fmt: skip
+            metrics.update(
+                self._record(
+                    ledger, server_round, TRAINED, steps, plan.dp.noise_multiplier, plan.sample_rate, plan.delta
+                )
+            )
         delta = update(get_weights(model), parameters)
         # Refused here, not averaged in: under SecAgg+ a NaN would be quantized into a finite
         # but meaningless sum the server cannot tell from a real one.
@@ -202,8 +264,12 @@ class RecommenderClient(NumPyClient):
             delta, norm = clip_update(delta, self.cfg.secagg.update_clip_norm)
             if norm > self.cfg.secagg.update_clip_norm:  # logged locally: the norm of one
                 # client's update is exactly what secure aggregation hides from the server
-                log.warning("client %d: update norm %.3f clipped to secagg.update_clip_norm=%s",
-                            self.client_id, norm, self.cfg.secagg.update_clip_norm)  # fmt: skip
+                log.warning(
+                    "client %d: update norm %.3f clipped to secagg.update_clip_norm=%s",
+                    self.client_id,
+                    norm,
+                    self.cfg.secagg.update_clip_norm,
+                )
         elif self.cfg.strategy.get("max_update_norm") is not None:  # the server's bound on plain updates
             delta, _ = clip_update(delta, float(self.cfg.strategy.max_update_norm))
         metrics.update(train_loss=result["loss"], steps=result["steps"], fit_seconds=time.perf_counter() - start)
@@ -216,32 +282,43 @@ class RecommenderClient(NumPyClient):
         plan = pooled_plan(self.cfg, self.run)
         with_prior = bool(config.get(PRIOR_KEY))
         if with_prior and plan.prior is None:
-            raise PrivacyConfigError(f"client {self.client_id}: the server asked for the popularity prior but this "
-                                     "client's config has privacy.popularity_prior=0")  # fmt: skip
+            raise PrivacyConfigError(
+                f"client {self.client_id}: the server asked for the popularity prior but this "
+                "client's config has privacy.popularity_prior=0"
+            )
         ledger = self._ledger()
         check_server_record(ledger, config, self.client_id)
         budget = budget_of(self.cfg.privacy)
         state = ledger.accountant()  # a fresh history built from the rows
         if with_prior:
             state.extend(plan.prior.history())
-        after = epsilon_after(state, plan.noise_multiplier, plan.sample_rate, 1, plan.delta,
-                              self.cfg.privacy.accountant)  # fmt: skip
+        after = epsilon_after(
+            state, plan.noise_multiplier, plan.sample_rate, 1, plan.delta, self.cfg.privacy.accountant
+        )
         if not within_budget(after, budget):
             # No noise share and no row: under SecAgg+ the server counts this client as dropped
             # and the others' shares still reach the planned noise (the threshold is >= t).
-            raise PrivacyConfigError(f"client {self.client_id}: the next pooled step would bring ε to {after:.3f}, "
-                                     f"over privacy.budget_epsilon={budget}")  # fmt: skip
+            raise PrivacyConfigError(
+                f"client {self.client_id}: the next pooled step would bring ε to {after:.3f}, "
+                f"over privacy.budget_epsilon={budget}"
+            )
         noise_seed = seed if self.cfg.privacy.seeded_noise else None
         grad_sum, _ = noisy_gradient_sum(
-            model, seqs, self.run.data.num_items, self.cfg.model.num_negatives, plan, seed=noise_seed,
-        )  # fmt: skip
+            model,
+            seqs,
+            self.run.data.num_items,
+            self.cfg.model.num_negatives,
+            plan,
+            seed=noise_seed,
+        )
         if with_prior:
             gen = np.random.default_rng(secrets.randbits(63) if noise_seed is None else noise_seed + 1)
             grad_sum.append(noisy_share(user_counts(seqs, self.run.data.num_items), plan.prior, gen))
             prior_row = self._record(ledger, server_round, PRIOR, 1, plan.prior.noise_multiplier, 1.0, plan.delta)
         # Every client records the pooled mechanism's step: its users are protected by it.
-        ledger_metrics = self._record(ledger, server_round, TRAINED, 1, plan.noise_multiplier,
-                                      plan.sample_rate, plan.delta)  # fmt: skip
+        ledger_metrics = self._record(
+            ledger, server_round, TRAINED, 1, plan.noise_multiplier, plan.sample_rate, plan.delta
+        )
         check_finite(grad_sum, f"client {self.client_id}, round {server_round}")
         limit = self.cfg.secagg.clipping_range
         clamped = int(sum((np.abs(g) > limit).sum() for g in grad_sum))
@@ -249,8 +326,13 @@ class RecommenderClient(NumPyClient):
             log.warning("client %d: %d values beyond secagg.clipping_range will be clamped", self.client_id, clamped)
         # Only what the pooled mechanism covers or the plan fixes goes back in clear: not the
         # batch size or timings, which would reveal the Poisson sample.
-        metrics = {"client_id": self.client_id, "num_users": len(seqs), **ledger_metrics,
-                   "train_loss": float("nan"), "steps": 1}  # fmt: skip
+        metrics = {
+            "client_id": self.client_id,
+            "num_users": len(seqs),
+            **ledger_metrics,
+            "train_loss": float("nan"),
+            "steps": 1,
+        }
         if with_prior:  # the server copies this row into the run's ledger too
             metrics.update({f"prior_{k}": v for k, v in prior_row.items() if k != "ledger_status"})
         return grad_sum, 1, metrics
@@ -261,9 +343,15 @@ class RecommenderClient(NumPyClient):
         if self.cfg.model.name == "causal_lora":  # AUC protocol: a score histogram per label
             from common.causal.task import evaluate_causal
 
-            metrics, loss = evaluate_causal(model, self.run, self.rows, int(self.cfg.model.max_history),
-                                            self.cfg.eval.split, int(self.cfg.model.eval_batch_size),
-                                            cfg=self.cfg)  # fmt: skip
+            metrics, loss = evaluate_causal(
+                model,
+                self.run,
+                self.rows,
+                int(self.cfg.model.max_history),
+                self.cfg.eval.split,
+                int(self.cfg.model.eval_batch_size),
+                cfg=self.cfg,
+            )
             metrics["client_id"] = self.client_id
             return loss, len(self.rows), metrics
         sums = evaluate_users(
@@ -308,7 +396,9 @@ def secagg_when_asked(msg: Message, ctxt: Context, call_next) -> Message:
         if cfg.privacy.get("seeded_noise"):
             # Flower's stochastic rounding draws from NumPy's global RNG: seed it too, so that
             # a seeded run reproduces its metrics exactly (tests and debugging only).
-            np.random.seed([int(cfg.seed), int(msg.metadata.group_id or 0), int(ctxt.node_config.get("partition-id", 0))])
+            np.random.seed(
+                [int(cfg.seed), int(msg.metadata.group_id or 0), int(ctxt.node_config.get("partition-id", 0))]
+            )
     return secaggplus_mod(msg, ctxt, call_next)
 
 
@@ -326,8 +416,7 @@ def _maybe_drop_out(msg: Message, ctxt: Context) -> None:
     cfg = _config(str(ctxt.run_config.get("overrides", "")))
     share = cfg.secagg.get("simulate_dropout", 0.0)
     if share:
-        dropped = dropout_clients(int(ctxt.node_config["num-partitions"]), share, cfg.seed,
-                                  int(msg.metadata.group_id))  # fmt: skip
+        dropped = dropout_clients(int(ctxt.node_config["num-partitions"]), share, cfg.seed, int(msg.metadata.group_id))
         if int(ctxt.node_config["partition-id"]) in dropped:
             raise RuntimeError(f"simulated dropout of client {ctxt.node_config['partition-id']}")
 

@@ -17,9 +17,9 @@ import torch
 
 from common.data.types import LeaveOneOutSplit
 from common.fairness.groups import FAIR_K, FairnessGroups, FairnessSums, top_items
+from common.fairness.rerank_eval import RerankCollector, RerankSettings
 from common.metrics.ranking import MetricSums, full_ranks, sample_negatives, sampled_ranks
 from common.model.recommender import TextSeqRec
-from common.fairness.rerank_eval import RerankCollector, RerankSettings
 from common.training.local import left_pad
 
 
@@ -70,8 +70,17 @@ def evaluate_users(
 ) -> EvaluatedSums:
     """Metric sums of ``model`` over the users in ``rows`` (split-row indices); with ``groups``,
     also their fairness sums (``.fairness``); with ``rerank``, the re-ranked lists' too."""
-    return evaluate_scorer(model_scorer(model, split.num_items), split, rows, which, sampled_negatives, seed, ks,
-                           groups=groups, rerank=rerank)  # fmt: skip
+    return evaluate_scorer(
+        model_scorer(model, split.num_items),
+        split,
+        rows,
+        which,
+        sampled_negatives,
+        seed,
+        ks,
+        groups=groups,
+        rerank=rerank,
+    )
 
 
 def model_scorer(model: TextSeqRec, num_items: int) -> Callable[[list[np.ndarray]], np.ndarray]:

@@ -21,10 +21,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from common.data import load_dataset
+from common.data.catalogue import items_fingerprint
 from common.device import resolve_device
 from common.model.item_encoder import encode_texts
 from common.serialization import load_adapter
-from common.data.catalogue import items_fingerprint
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 
@@ -39,9 +39,7 @@ def resolve_adapter_dir(path: str | Path) -> tuple[Path, Path]:
     for adapter in (path / "adapter", path):
         if all((adapter / f).is_file() for f in ADAPTER_FILES):
             return adapter, adapter.parent
-    raise RecommendError(
-        f"{path}: no trained adapter ({' + '.join(ADAPTER_FILES)}) here or in {path / 'adapter'}"
-    )
+    raise RecommendError(f"{path}: no trained adapter ({' + '.join(ADAPTER_FILES)}) here or in {path / 'adapter'}")
 
 
 def _run_config(run_dir: Path, adapter_dir: Path) -> DictConfig:
@@ -65,8 +63,9 @@ class Recommender:
     accepted too — or None for the run's own data.
     """
 
-    def __init__(self, adapter_dir: str | Path, data: str | Path | Mapping | None = None,
-                 device: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, adapter_dir: str | Path, data: str | Path | Mapping | None = None, device: str | None = None
+    ) -> None:
         self.adapter_dir, run_dir = resolve_adapter_dir(adapter_dir)
         cfg = _run_config(run_dir, self.adapter_dir)
         if isinstance(data, Mapping):
@@ -89,7 +88,9 @@ class Recommender:
         stored = json.loads((self.adapter_dir / "adapter_config.json").read_text())
         for key in ("model", "num_items", "text_dim"):
             if key not in stored:
-                raise RecommendError(f"{self.adapter_dir / 'adapter_config.json'}: no {key!r} (not a fedrec run adapter?)")
+                raise RecommendError(
+                    f"{self.adapter_dir / 'adapter_config.json'}: no {key!r} (not a fedrec run adapter?)"
+                )
         if self.data.num_items != int(stored["num_items"]):
             raise RecommendError(
                 f"catalogue mismatch: the adapter was trained on {stored['num_items']} items "
@@ -168,8 +169,9 @@ class Recommender:
         ]
 
 
-def recommend(adapter_dir: str | Path, data_dir_or_cfg: str | Path | Mapping | None, user_id: str,
-              k: int = 10) -> list[dict]:  # fmt: skip
+def recommend(
+    adapter_dir: str | Path, data_dir_or_cfg: str | Path | Mapping | None, user_id: str, k: int = 10
+) -> list[dict]:
     """One-off top-``k`` for ``user_id``; loads the model each call (use :class:`Recommender`
     to serve many requests)."""
     return Recommender(adapter_dir, data_dir_or_cfg).recommend(user_id, k)

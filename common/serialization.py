@@ -59,6 +59,8 @@ def load_adapter(model: torch.nn.Module, directory: str | Path) -> dict:
     # Frozen weights (the LM) are not part of an adapter; every trainable one must be.
     if set(tensors) != trainable:
         missing, extra = sorted(trainable - set(tensors)), sorted(set(tensors) - trainable)
-        raise ValueError(f"{directory}: adapter does not match the model (missing {missing[:3]}, unexpected {extra[:3]})")
+        raise ValueError(
+            f"{directory}: adapter does not match the model (missing {missing[:3]}, unexpected {extra[:3]})"
+        )
     model.load_state_dict(tensors, strict=False)
     return json.loads((directory / "adapter_config.json").read_text())

@@ -23,23 +23,33 @@ from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, Key
 from flwr.server.workflow.default_workflows import default_evaluate_workflow, default_fit_workflow
 
-from common.runs.checkpoint import (ServerCheckpoint, clear_checkpoint, fixed_config, is_complete, keep_rounds_up_to, resume_point, save_checkpoint)
-from common.data.catalogue import catalogue_fingerprint, catalogue_source, check_catalogue
 from common.config import compose, to_yaml
+from common.console import quiet_third_party
+from common.data.catalogue import catalogue_fingerprint, catalogue_source, check_catalogue
+from common.deployment.node import check_server_plans, deployment_data_block, is_deployment, load_server_data
+from common.fairness.groups import fairness_block
+from common.fairness.rerank_eval import add_rerank_block
+from common.model.factory import adapter_config, build_model
+from common.privacy.distributed import shares_needed
+from common.privacy.ledger import central_row
+from common.privacy.plans import central_plan_for, is_central, is_distributed, learning_rate, pooled_plan
+from common.runs.checkpoint import (
+    ServerCheckpoint,
+    clear_checkpoint,
+    fixed_config,
+    is_complete,
+    keep_rounds_up_to,
+    resume_point,
+    save_checkpoint,
+)
 from common.runs.progress import RunProgress
 from common.runs.store import RunStore, atomic_write
 from common.runs.summary import build_summary
-from common.deployment.node import check_server_plans, deployment_data_block, is_deployment, load_server_data
-from common.privacy.distributed import shares_needed
-from common.fairness.groups import fairness_block
-from common.privacy.ledger import central_row
-from common.fairness.rerank_eval import add_rerank_block
 from common.serialization import get_weights, num_bytes, save_adapter, set_weights
-from common.model.factory import adapter_config, build_model
-from common.privacy.plans import central_plan_for, is_central, is_distributed, learning_rate, pooled_plan
 from server.strategy import RecommenderFedAvg
 
 log = logging.getLogger("fedrec")
+quiet_third_party()  # FEDREC_VERBOSE=1 shows Flower's per-round INFO lines again
 app = ServerApp()
 
 
@@ -106,11 +116,19 @@ def main(grid: Grid, context: Context) -> None:
     # Flower numbers rounds 1..num_rounds: after round `done` it runs the rest, shifted.
     config = ServerConfig(num_rounds=s.num_rounds - done)
     legacy = LegacyContext(context=context, config=config, strategy=workflow_strategy)
-    log.info("fedrec: %d clients, rounds %d..%d, privacy=%s, secagg=%s", n, done + 1, s.num_rounds,
-             "dp" if cfg.privacy.enabled else "none", cfg.secagg.protocol)  # fmt: skip
+    log.info(
+        "fedrec: %d clients, rounds %d..%d, privacy=%s, secagg=%s",
+        n,
+        done + 1,
+        s.num_rounds,
+        "dp" if cfg.privacy.enabled else "none",
+        cfg.secagg.protocol,
+    )
     try:
-        DefaultWorkflow(fit_workflow=shifted(fit_workflow(cfg, run) or default_fit_workflow, done),
-                        evaluate_workflow=shifted(default_evaluate_workflow, done))(grid, legacy)  # fmt: skip
+        DefaultWorkflow(
+            fit_workflow=shifted(fit_workflow(cfg, run) or default_fit_workflow, done),
+            evaluate_workflow=shifted(default_evaluate_workflow, done),
+        )(grid, legacy)
     except RuntimeError as e:  # the strategy's own stops (a failed secure round, failing clients)
         raise store.fail(str(e).strip().splitlines()[0]) from e
     finally:
@@ -128,8 +146,9 @@ def main(grid: Grid, context: Context) -> None:
     summary["timing"].update(resumed_from_round=resumes[-1] if resumes else None, resumed_from_rounds=resumes)
     if cfg.privacy.enabled and not is_central(cfg):
         # A round redone after a kill can push a client over its budget (README, Resuming): count refusals.
-        summary["privacy"]["rounds_refused"] = sum(int(e.get("refused_rounds", 0))
-                                                   for e in strategy.client_privacy.values())  # fmt: skip
+        summary["privacy"]["rounds_refused"] = sum(
+            int(e.get("refused_rounds", 0)) for e in strategy.client_privacy.values()
+        )
     if central is not None:
         summary["privacy"].update(central_privacy(cfg, central, s.num_rounds, len(resumes)))
         summary["privacy"]["resumes_counted"] = len(resumes)
@@ -152,12 +171,16 @@ def check_trained(store: RunStore, strategy: RecommenderFedAvg, weights: list[np
     adapter, no summary, one line (failed.txt) and a non-zero exit in the harness."""
     bad = [i for i, w in enumerate(weights) if not np.isfinite(w).all()]
     if bad:
-        raise store.fail(f"the final model is not finite ({len(bad)} of {len(weights)} tensors hold NaN or Inf): "
-                         "training diverged; lower the learning rate (train.lr, or privacy.lr under DP)")  # fmt: skip
+        raise store.fail(
+            f"the final model is not finite ({len(bad)} of {len(weights)} tensors hold NaN or Inf): "
+            "training diverged; lower the learning rate (train.lr, or privacy.lr under DP)"
+        )
     aggregated = strategy.rounds_completed - len(strategy.rounds_failed)
     if strategy.rounds_completed >= rounds and aggregated <= 0:
-        raise store.fail(f"no round aggregated: {len(strategy.rounds_failed)} of {rounds} rounds failed secure "
-                         "aggregation, so the model is the untrained one; see the round warnings above")  # fmt: skip
+        raise store.fail(
+            f"no round aggregated: {len(strategy.rounds_failed)} of {rounds} rounds failed secure "
+            "aggregation, so the model is the untrained one; see the round warnings above"
+        )
 
 
 def start_or_resume(cfg, store: RunStore, run, ckpt: ServerCheckpoint | None) -> None:
@@ -175,8 +198,13 @@ def start_or_resume(cfg, store: RunStore, run, ckpt: ServerCheckpoint | None) ->
     store.summary_path.unlink(missing_ok=True)
     atomic_write(store.dir / "config.yaml", to_yaml(cfg))
     dropped = keep_rounds_up_to(store.dir / "metrics.jsonl", ckpt.round)
-    log.info("fedrec: resuming %s after round %d/%d (%d metrics row(s) of an unfinished round dropped)",
-             store.dir, ckpt.round, cfg.strategy.num_rounds, dropped)  # fmt: skip
+    log.info(
+        "fedrec: resuming %s after round %d/%d (%d metrics row(s) of an unfinished round dropped)",
+        store.dir,
+        ckpt.round,
+        cfg.strategy.num_rounds,
+        dropped,
+    )
 
 
 def resumed_rounds(ckpt: ServerCheckpoint | None) -> list[int]:
@@ -194,10 +222,19 @@ def checkpointer(cfg, store: RunStore, catalogue: dict, started: float, ckpt: Se
         if strategy.rounds_completed >= strategy.num_rounds and not final:
             return
         opt = strategy.server_optimizer.opt.state_dict() if strategy.server_optimizer is not None else None
-        save_checkpoint(store.dir, ServerCheckpoint(
-            strategy.rounds_completed, parameters_to_ndarrays(strategy.latest_parameters), strategy.state_dict(),
-            opt, prior + time.perf_counter() - started, config, catalogue, resumed_rounds(ckpt),
-        ))  # fmt: skip
+        save_checkpoint(
+            store.dir,
+            ServerCheckpoint(
+                strategy.rounds_completed,
+                parameters_to_ndarrays(strategy.latest_parameters),
+                strategy.state_dict(),
+                opt,
+                prior + time.perf_counter() - started,
+                config,
+                catalogue,
+                resumed_rounds(ckpt),
+            ),
+        )
         if os.environ.get("FEDREC_KILL_AFTER_ROUND") == str(strategy.rounds_completed):
             # Fault injection for the kill -9 test: die right after this round's checkpoint,
             # before the next round is sent (an outside kill would race the clients' training).
@@ -232,9 +269,13 @@ def distributed_noise(cfg, run, initial) -> dict:
 
     plan = pooled_plan(cfg, run)
     names = [n for n, p in build_model(cfg, run).named_parameters() if p.requires_grad]
-    return {"server_optimizer": ServerOptimizer(initial, learning_rate(cfg)),
-            "gradient_scale": 1.0 / plan.expected_batch, "prior": plan.prior, "loss_plan": plan,
-            "prior_index": names.index("bias.weight") if plan.prior else None}  # fmt: skip
+    return {
+        "server_optimizer": ServerOptimizer(initial, learning_rate(cfg)),
+        "gradient_scale": 1.0 / plan.expected_batch,
+        "prior": plan.prior,
+        "loss_plan": plan,
+        "prior_index": names.index("bias.weight") if plan.prior else None,
+    }
 
 
 def max_weight(cfg, run) -> float:
@@ -287,9 +328,11 @@ def central_ledger(cfg, plan, resumes: int = 0):
     """The server's own ledger for DP-FedAvg, one row per round started (ledger format).
     Every resume counts one more release: the round in progress at the kill may already have
     sent its noisy aggregate to the clients, and the redone round releases another."""
+
     def row(rounds: int) -> dict:
-        entry = asdict(central_row(rounds + resumes, plan.noise_multiplier, plan.sample_rate, plan.delta,
-                                   cfg.privacy.accountant))  # fmt: skip
+        entry = asdict(
+            central_row(rounds + resumes, plan.noise_multiplier, plan.sample_rate, plan.delta, cfg.privacy.accountant)
+        )
         entry["round"] = rounds  # the round number; steps_total counts the resumes' releases too
         return entry
 
@@ -301,11 +344,24 @@ def central_privacy(cfg, plan, rounds: int, resumes: int = 0) -> dict:
     possible release per resume (see central_ledger)."""
     r = central_ledger(cfg, plan, resumes)(rounds)
     eps = r["epsilon"]
-    entry = {"epsilon": eps, "delta": plan.delta, "noise_multiplier": plan.noise_multiplier,
-             "sample_rate": plan.sample_rate, "steps": rounds + resumes, "clipping_norm": plan.clipping_norm,
-             "epsilon_check": r["epsilon_check"], "check_accountant": r["check_accountant"], "agree": r["agree"]}  # fmt: skip
-    return {"unit": plan.unit, "delta": plan.delta, "epsilon_max": eps, "per_client": {"server": entry},
-            "accountant": cfg.privacy.accountant}  # fmt: skip
+    entry = {
+        "epsilon": eps,
+        "delta": plan.delta,
+        "noise_multiplier": plan.noise_multiplier,
+        "sample_rate": plan.sample_rate,
+        "steps": rounds + resumes,
+        "clipping_norm": plan.clipping_norm,
+        "epsilon_check": r["epsilon_check"],
+        "check_accountant": r["check_accountant"],
+        "agree": r["agree"],
+    }
+    return {
+        "unit": plan.unit,
+        "delta": plan.delta,
+        "epsilon_max": eps,
+        "per_client": {"server": entry},
+        "accountant": cfg.privacy.accountant,
+    }
 
 
 def mechanism(cfg) -> str:
@@ -321,21 +377,39 @@ def mechanism(cfg) -> str:
 
 def federated_summary(cfg, run, strategy: RecommenderFedAvg, adapter_bytes: int, seconds: float) -> dict:
     per_client = {str(k): v for k, v in sorted(strategy.client_privacy.items())}
-    summary = build_summary("federated", cfg, run, strategy.final_eval, per_client, mechanism(cfg), seconds,
-                            strategy.round_seconds, strategy.rounds_completed, bool(cfg.privacy.enabled))  # fmt: skip
+    summary = build_summary(
+        "federated",
+        cfg,
+        run,
+        strategy.final_eval,
+        per_client,
+        mechanism(cfg),
+        seconds,
+        strategy.round_seconds,
+        strategy.rounds_completed,
+        bool(cfg.privacy.enabled),
+    )
     clients = {str(k): v for k, v in sorted(strategy.client_eval.items())}
     fair = strategy.final_fairness
     summary["fairness"] = fairness_block(fair, clients, run.fairness) if fair is not None else {"clients": clients}
     if is_deployment(cfg):  # the server holds no users: what the clients reported
         summary["data"] = deployment_data_block(cfg, run, clients)
-    add_rerank_block(summary, cfg.eval.get("rerank"), strategy.final_rerank_fairness,
-                     {str(k): v for k, v in sorted(strategy.client_rerank.items())}, run.fairness)  # fmt: skip
+    add_rerank_block(
+        summary,
+        cfg.eval.get("rerank"),
+        strategy.final_rerank_fairness,
+        {str(k): v for k, v in sorted(strategy.client_rerank.items())},
+        run.fairness,
+    )
     summary["communication"] = {"adapter_bytes": adapter_bytes, "adapter_parameters": adapter_bytes // 4}
     summary["secure_aggregation"] = secagg_summary(cfg, run, strategy)
     summary["privacy"]["noise_placement"] = cfg.privacy.noise if cfg.privacy.enabled else None
     if strategy.prior is not None:
         p = strategy.prior
         summary["privacy"]["popularity_prior"] = {
-            "share_of_epsilon": p.share, "noise_multiplier": p.noise_multiplier, "sensitivity": p.sensitivity,
-            "released": not strategy.prior_pending}  # fmt: skip
+            "share_of_epsilon": p.share,
+            "noise_multiplier": p.noise_multiplier,
+            "sensitivity": p.sensitivity,
+            "released": not strategy.prior_pending,
+        }
     return summary

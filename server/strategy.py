@@ -15,22 +15,21 @@ import time
 from dataclasses import fields
 
 import numpy as np
-
 from flwr.common import EvaluateIns, FitIns, FitRes, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.strategy import FedAvg
 
 from common.fairness.groups import FairnessSums, fairness_block, fairness_row
-from common.metrics.auc import AucHistogram
-from common.metrics.ranking import MetricSums
-from common.privacy.popularity_prior import PRIOR_KEY, prior_logits
 from common.fairness.qffl import qffl_step
 from common.fairness.rerank_eval import PREFIX as RERANK_PREFIX
 from common.fairness.rerank_eval import client_rerank
-from common.runs.progress import RunProgress, round_status
+from common.metrics.auc import AucHistogram
+from common.metrics.ranking import MetricSums
 from common.privacy.ledger import PRIOR, LedgerRow
+from common.privacy.popularity_prior import PRIOR_KEY, prior_logits
+from common.runs.progress import RunProgress, round_status
 from common.runs.store import RunStore
-from common.training.updates import update_problem
 from common.serialization import num_bytes
+from common.training.updates import update_problem
 
 log = logging.getLogger("fedrec")
 LEDGER_FIELDS = tuple(f.name for f in fields(LedgerRow) if f.name not in ("round", "status", "steps"))
@@ -123,16 +122,24 @@ class RecommenderFedAvg(FedAvg):
         steps = json.dumps({str(c): int(e["steps"]) for c, e in sorted(self.client_privacy.items()) if "steps" in e})
         extra = {PRIOR_KEY: True} if self.prior_pending else {}
         # The round number lets clients seed their local training reproducibly.
-        return [(c, FitIns(f.parameters, {**f.config, "server_round": server_round, "ledger_steps": steps,
-                                          **extra, **self.catalogue}))
-                for c, f in ins]  # fmt: skip
+        return [
+            (
+                c,
+                FitIns(
+                    f.parameters,
+                    {**f.config, "server_round": server_round, "ledger_steps": steps, **extra, **self.catalogue},
+                ),
+            )
+            for c, f in ins
+        ]
 
     def aggregate_fit(self, server_round, results, failures):
         if self.tolerate_dropouts and failures:
             # A dropped client can fail at several protocol stages: count clients, not errors.
             dropped = self._row["clients"] - len(results)
-            log.warning("round %d: %d client(s) dropped out; aggregating the other %d",
-                        server_round, dropped, len(results))  # fmt: skip
+            log.warning(
+                "round %d: %d client(s) dropped out; aggregating the other %d", server_round, dropped, len(results)
+            )
             self.clients_dropped += dropped
             self._row["clients_dropped"] = dropped
         else:
@@ -140,8 +147,13 @@ class RecommenderFedAvg(FedAvg):
         _raise_on_repeated_clients("train", server_round, results)
         refused = [r for _, r in results if r.metrics.get("budget_refused")]
         for r in refused:
-            log.warning("round %d: client %s refused to train: its privacy budget ε=%s is spent (ε so far %.3f)",
-                        server_round, r.metrics["client_id"], r.metrics.get("budget_epsilon"), r.metrics["epsilon"])  # fmt: skip
+            log.warning(
+                "round %d: client %s refused to train: its privacy budget ε=%s is spent (ε so far %.3f)",
+                server_round,
+                r.metrics["client_id"],
+                r.metrics.get("budget_epsilon"),
+                r.metrics["epsilon"],
+            )
         trained = [(c, r) for c, r in results if not r.metrics.get("budget_refused")]
         if not self.tolerate_dropouts:  # plain updates: under SecAgg+ results hold only the sum
             trained = self._admissible(server_round, trained)
@@ -149,12 +161,16 @@ class RecommenderFedAvg(FedAvg):
         if trained and self.qffl is not None:
             old = parameters_to_ndarrays(self.latest_parameters)
             usable = [r for _, r in trained if np.isfinite(r.metrics.get("loss_before", np.nan))]
-            models = [[w.astype(np.float64) + u for w, u in zip(old, parameters_to_ndarrays(r.parameters))]
-                      for r in usable]  # fmt: skip
+            models = [
+                [w.astype(np.float64) + u for w, u in zip(old, parameters_to_ndarrays(r.parameters))] for r in usable
+            ]
             losses = [float(r.metrics["loss_before"]) for r in usable]
             if len(usable) < len(trained):
-                log.warning("round %d: q-FedAvg left out %d client(s) without a finite pre-training loss",
-                            server_round, len(trained) - len(usable))  # fmt: skip
+                log.warning(
+                    "round %d: q-FedAvg left out %d client(s) without a finite pre-training loss",
+                    server_round,
+                    len(trained) - len(usable),
+                )
             if usable:
                 self.latest_parameters = ndarrays_to_parameters(qffl_step(old, models, losses, *self.qffl))
             else:
@@ -192,23 +208,33 @@ class RecommenderFedAvg(FedAvg):
             cid = int(m["client_id"])
             if "prior_epsilon" in m:  # the popularity prior's row, before this round's training row
                 prior = {k.removeprefix("prior_"): v for k, v in m.items() if k.startswith("prior_")}
-                self.store.append_ledger({"client_id": cid, "round": server_round, "status": PRIOR, "steps": 1,
-                                          **_ledger_fields(prior)})  # fmt: skip
+                self.store.append_ledger(
+                    {"client_id": cid, "round": server_round, "status": PRIOR, "steps": 1, **_ledger_fields(prior)}
+                )
             if "ledger_status" in m:
-                self.store.append_ledger({"client_id": cid, "round": server_round, "status": m["ledger_status"],
-                                          "steps": int(m.get("steps", 0)), **_ledger_fields(m)})  # fmt: skip
+                self.store.append_ledger(
+                    {
+                        "client_id": cid,
+                        "round": server_round,
+                        "status": m["ledger_status"],
+                        "steps": int(m.get("steps", 0)),
+                        **_ledger_fields(m),
+                    }
+                )
             if "epsilon" in m:
                 eps[cid] = float(m["epsilon"])
                 entry = self.client_privacy.setdefault(cid, {"refused_rounds": 0})
-                entry.update({
-                    "epsilon": float(m["epsilon"]),
-                    "delta": float(m["delta"]),
-                    "noise_multiplier": float(m["noise_multiplier"]),
-                    "sample_rate": float(m["sample_rate"]),
-                    "steps": int(m["steps_total"]),
-                    "users": int(m["num_users"]),
-                    **{k: v for k, v in _ledger_fields(m).items() if k not in ("steps_total", "delta")},
-                })  # fmt: skip
+                entry.update(
+                    {
+                        "epsilon": float(m["epsilon"]),
+                        "delta": float(m["delta"]),
+                        "noise_multiplier": float(m["noise_multiplier"]),
+                        "sample_rate": float(m["sample_rate"]),
+                        "steps": int(m["steps_total"]),
+                        "users": int(m["num_users"]),
+                        **{k: v for k, v in _ledger_fields(m).items() if k not in ("steps_total", "delta")},
+                    }
+                )
                 if m.get("budget_refused"):
                     entry["refused_rounds"] += 1
                 entry["budget_status"] = "exhausted" if entry["refused_rounds"] else "within"
@@ -233,13 +259,15 @@ class RecommenderFedAvg(FedAvg):
         shapes = [w.shape for w in parameters_to_ndarrays(self.latest_parameters)]
         kept = []
         for c, r in results:
-            problem = update_problem(parameters_to_ndarrays(r.parameters), shapes, r.num_examples,
-                                     self.update_bound, self.max_client_weight)  # fmt: skip
+            problem = update_problem(
+                parameters_to_ndarrays(r.parameters), shapes, r.num_examples, self.update_bound, self.max_client_weight
+            )
             if problem is None:
                 kept.append((c, r))
             else:
-                log.warning("round %d: client %s's update rejected: %s", server_round,
-                            r.metrics.get("client_id", "?"), problem)  # fmt: skip
+                log.warning(
+                    "round %d: client %s's update rejected: %s", server_round, r.metrics.get("client_id", "?"), problem
+                )
         if len(kept) < len(results):
             self._row["updates_rejected"] = len(results) - len(kept)
         if self.median_norm_ratio is not None and len(kept) > 2:
@@ -255,9 +283,15 @@ class RecommenderFedAvg(FedAvg):
         out = []
         for (c, r), u, norm in zip(results, arrays, norms):
             if norm > limit > 0:
-                log.warning("round %d: client %s's update norm %.4g scaled to %.4g (strategy.median_norm_ratio=%s x "
-                            "the round's median)", server_round, r.metrics.get("client_id", "?"), norm, limit,
-                            self.median_norm_ratio)  # fmt: skip
+                log.warning(
+                    "round %d: client %s's update norm %.4g scaled to %.4g (strategy.median_norm_ratio=%s x "
+                    "the round's median)",
+                    server_round,
+                    r.metrics.get("client_id", "?"),
+                    norm,
+                    limit,
+                    self.median_norm_ratio,
+                )
                 scaled = [(a * (limit / norm)).astype(a.dtype) for a in u]
                 r = FitRes(r.status, ndarrays_to_parameters(scaled), r.num_examples, r.metrics)
                 self._row["updates_scaled"] = self._row.get("updates_scaled", 0) + 1
@@ -272,8 +306,11 @@ class RecommenderFedAvg(FedAvg):
         self.server_optimizer.assign(weights)
         self.prior_pending = False
         self._row["popularity_prior"] = True
-        log.info("popularity prior released (σ_p=%.3f, %.0f%% of ε alone) and added to the item bias",
-                 self.prior.noise_multiplier, 100 * self.prior.share)  # fmt: skip
+        log.info(
+            "popularity prior released (σ_p=%.3f, %.0f%% of ε alone) and added to the item bias",
+            self.prior.noise_multiplier,
+            100 * self.prior.share,
+        )
         return weights
 
     def configure_evaluate(self, server_round, parameters, client_manager):
@@ -293,8 +330,10 @@ class RecommenderFedAvg(FedAvg):
             # The final result must cover every user, whatever fraction_evaluate says.
             ins = EvaluateIns(parameters, {"server_round": server_round, **self.catalogue})
             return [(c, ins) for c in client_manager.all().values()]
-        return [(c, EvaluateIns(e.parameters, {**e.config, **self.catalogue}))
-                for c, e in super().configure_evaluate(server_round, parameters, client_manager)]  # fmt: skip
+        return [
+            (c, EvaluateIns(e.parameters, {**e.config, **self.catalogue}))
+            for c, e in super().configure_evaluate(server_round, parameters, client_manager)
+        ]
 
     def aggregate_evaluate(self, server_round, results, failures):
         _raise_on_failures("evaluate", server_round, failures)
@@ -351,18 +390,33 @@ class RecommenderFedAvg(FedAvg):
             self._row["epsilon_max"] = entry["epsilon"]
         self.store.append_metrics(self._row)
         row = self._row
-        status = round_status(row.get("clients_ok"), row.get("clients"), row.get("epsilon_max"), row.get("eval_ndcg@10"))
+        status = round_status(
+            row.get("clients_ok"), row.get("clients"), row.get("epsilon_max"), row.get("eval_ndcg@10")
+        )
         # One line per round (what CI and log files show); the bar is for terminals only.
         loss = row.get("train_loss")
-        log.info("round %d/%d  loss %.4f  %s  %.1fs", row["round"], self.num_rounds,
-                 float("nan") if loss is None else loss, status, seconds)  # fmt: skip
+        log.info(
+            "round %d/%d  loss %.4f  %s  %.1fs",
+            row["round"],
+            self.num_rounds,
+            float("nan") if loss is None else loss,
+            status,
+            seconds,
+        )
         self.progress.update(row["round"], status)
         if self.checkpoint is not None:
             self.checkpoint(self)
 
     # What the remaining rounds and the summary need besides the adapter: JSON-able.
-    CHECKPOINTED = ("client_privacy", "client_eval", "rounds_failed", "clients_dropped", "round_seconds",
-                    "rounds_completed", "prior_pending")  # fmt: skip
+    CHECKPOINTED = (
+        "client_privacy",
+        "client_eval",
+        "rounds_failed",
+        "clients_dropped",
+        "round_seconds",
+        "rounds_completed",
+        "prior_pending",
+    )
 
     def state_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.CHECKPOINTED}
@@ -396,8 +450,10 @@ def _raise_on_repeated_clients(stage: str, server_round: int, results) -> None:
     for _, r in results:
         cid = int(r.metrics["client_id"])
         if cid in seen:
-            raise RuntimeError(f"round {server_round}: two clients sent {stage} results as client-id {cid}; "
-                               "every SuperNode needs its own node-config client-id")  # fmt: skip
+            raise RuntimeError(
+                f"round {server_round}: two clients sent {stage} results as client-id {cid}; "
+                "every SuperNode needs its own node-config client-id"
+            )
         seen.add(cid)
 
 

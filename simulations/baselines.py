@@ -23,19 +23,19 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from omegaconf import DictConfig, open_dict
 
+from common.data.run import RunData, training_sequences
 from common.device import resolve_device
 from common.evaluation import EvaluatedSums, evaluate_scorer, model_scorer
 from common.fairness.groups import FairnessSums, fairness_block
-from common.metrics.ranking import MetricSums
-from common.privacy.accounting import AccountantState
-from common.runs.progress import RunProgress, round_status
 from common.fairness.rerank_eval import RerankSettings, add_rerank_block, client_rerank, info_metrics
+from common.metrics.ranking import MetricSums
+from common.model.factory import adapter_config, build_model
+from common.privacy.accounting import AccountantState
+from common.privacy.plans import ClientPlan, client_plan, learning_rate
+from common.runs.progress import RunProgress, round_status
 from common.runs.store import RunStore
 from common.runs.summary import build_summary
 from common.serialization import get_weights, num_bytes, save_adapter
-from common.privacy.plans import ClientPlan, client_plan, learning_rate
-from common.data.run import RunData, training_sequences
-from common.model.factory import adapter_config, build_model
 from common.training.local import train_local, trainable_sequences
 
 log = logging.getLogger("fedrec")
@@ -45,10 +45,16 @@ BASELINES = ("popularity", "centralized", "local", "sasrec_ids")
 def run_baseline(cfg: DictConfig, run: RunData, store: RunStore) -> dict:
     if cfg.model.name == "causal_lora" and cfg.baseline in ("centralized", "local"):
         # Their training and ranking evaluation are train_local's; the yes/no AUC path is not wired in.
-        raise ValueError(f"baseline={cfg.baseline} with model=causal_lora is not supported; "
-                         "benchmarks/causal_auc.py trains one client's users alone (docs/causal-lora.md)")  # fmt: skip
-    runners = {"popularity": run_popularity, "centralized": run_centralized, "local": run_local,
-               "sasrec_ids": run_sasrec_ids}  # fmt: skip
+        raise ValueError(
+            f"baseline={cfg.baseline} with model=causal_lora is not supported; "
+            "benchmarks/causal_auc.py trains one client's users alone (docs/causal-lora.md)"
+        )
+    runners = {
+        "popularity": run_popularity,
+        "centralized": run_centralized,
+        "local": run_local,
+        "sasrec_ids": run_sasrec_ids,
+    }
     return runners[cfg.baseline](cfg, run, store)
 
 
@@ -109,10 +115,17 @@ def train_epoch(cfg: DictConfig, run: RunData, learner: Learner, seed: int) -> N
     if learner.plan:
         dp = replace(learner.plan.dp, noise_seed=seed) if cfg.privacy.seeded_noise else learner.plan.dp
     result = train_local(
-        learner.model, learner.seqs, run.data.num_items, epochs=1, batch_size=cfg.train.batch_size,
-        lr=learning_rate(cfg), num_negatives=cfg.model.num_negatives, seed=seed, dp=dp,
+        learner.model,
+        learner.seqs,
+        run.data.num_items,
+        epochs=1,
+        batch_size=cfg.train.batch_size,
+        lr=learning_rate(cfg),
+        num_negatives=cfg.model.num_negatives,
+        seed=seed,
+        dp=dp,
         weight_decay=cfg.train.weight_decay,
-    )  # fmt: skip
+    )
     learner.loss = result["loss"]
     if learner.plan:
         learner.accountant.extend(result["history"])
@@ -159,8 +172,17 @@ def evaluate_by_client(
     total, clients, fair, reranked, rerank_clients = MetricSums(), {}, None, None, {}
     settings = RerankSettings.from_config(cfg.eval.get("rerank"))
     for c, rows in enumerate(run.partitions):
-        sums = evaluate_scorer(scorer_for(c), run.split, rows, cfg.eval.split, cfg.eval.sampled_negatives,
-                               cfg.seed, tuple(cfg.eval.ks), groups=run.fairness, rerank=settings)  # fmt: skip
+        sums = evaluate_scorer(
+            scorer_for(c),
+            run.split,
+            rows,
+            cfg.eval.split,
+            cfg.eval.sampled_negatives,
+            cfg.seed,
+            tuple(cfg.eval.ks),
+            groups=run.fairness,
+            rerank=settings,
+        )
         clients[str(c)] = {"users": int(len(rows)), **sums.means()}
         total = total.merge(sums)
         if sums.fairness is not None:
@@ -203,8 +225,10 @@ def run_sasrec_ids(cfg: DictConfig, run: RunData, store: RunStore) -> dict:
 def run_local(cfg: DictConfig, run: RunData, store: RunStore) -> dict:
     """Each client alone: its own model, its own users, no federation."""
     if cfg.partition.scheme == "cross_device":
-        raise ValueError("baseline=local with partition=cross_device would train one model per user; "
-                         "use a cross-silo partition (iid, dirichlet, attribute)")  # fmt: skip
+        raise ValueError(
+            "baseline=local with partition=cross_device would train one model per user; "
+            "use a cross-silo partition (iid, dirichlet, attribute)"
+        )
     start = time.perf_counter()
     epochs = cfg.strategy.num_rounds * cfg.strategy.local_epochs
     learners = [new_learner(cfg, run, rows, epochs) for rows in run.partitions]
@@ -222,10 +246,24 @@ def run_local(cfg: DictConfig, run: RunData, store: RunStore) -> dict:
 
 def _summary(cfg, run, kind, sums, clients, per_client, seconds, epoch_seconds) -> dict:
     mechanism = "dp-sgd (central)" if kind != "local" else "dp-sgd per client, no federation"
-    summary = build_summary(kind, cfg, run, sums, per_client, mechanism if per_client else "none", seconds,
-                            epoch_seconds, len(epoch_seconds))  # fmt: skip
+    summary = build_summary(
+        kind,
+        cfg,
+        run,
+        sums,
+        per_client,
+        mechanism if per_client else "none",
+        seconds,
+        epoch_seconds,
+        len(epoch_seconds),
+    )
     fair: FairnessSums | None = getattr(sums, "fairness", None)
     summary["fairness"] = fairness_block(fair, clients, run.fairness) if fair is not None else {"clients": clients}
-    add_rerank_block(summary, cfg.eval.get("rerank"), getattr(sums, "rerank_fairness", None),
-                     getattr(sums, "rerank_info", None) or {}, run.fairness)  # fmt: skip
+    add_rerank_block(
+        summary,
+        cfg.eval.get("rerank"),
+        getattr(sums, "rerank_fairness", None),
+        getattr(sums, "rerank_info", None) or {},
+        run.fairness,
+    )
     return summary

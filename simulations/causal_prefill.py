@@ -20,18 +20,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 
+from common.causal.lm import lower_cache_info  # noqa: E402
 from common.causal.task import fixed_prompts  # noqa: E402
 from common.config import compose  # noqa: E402
-from common.causal.lm import lower_cache_info  # noqa: E402
-from common.model.factory import build_model  # noqa: E402
 from common.data.run import load_run_data  # noqa: E402
+from common.model.factory import build_model  # noqa: E402
 
 
 def main(argv: list[str]) -> None:
     cfg = compose(" ".join(["model=causal_lora", "privacy=none", *argv]))
     if not cfg.model.get("lower_cache_dir") or not cfg.model.cache_lower:
-        raise SystemExit("causal_prefill: set model.lower_cache_dir=FOLDER (where the states are kept) "
-                         "and leave model.cache_lower=true")  # fmt: skip
+        raise SystemExit(
+            "causal_prefill: set model.lower_cache_dir=FOLDER (where the states are kept) "
+            "and leave model.cache_lower=true"
+        )
     run = load_run_data(cfg)
     prompts = list(dict.fromkeys(fixed_prompts(run, np.arange(len(run.split.users)), cfg)))
     model = build_model(cfg, run)
@@ -40,8 +42,11 @@ def main(argv: list[str]) -> None:
         model.encode_states(prompts[i : i + chunk], int(cfg.model.eval_batch_size))
         done = min(i + chunk, len(prompts))
         rate = (time.perf_counter() - start) / done
-        print(f"{done}/{len(prompts)} prompts, {rate:.2f} s each, ~{rate * (len(prompts) - done) / 60:.0f} min "
-              f"left; {lower_cache_info()}", flush=True)  # fmt: skip
+        print(
+            f"{done}/{len(prompts)} prompts, {rate:.2f} s each, ~{rate * (len(prompts) - done) / 60:.0f} min "
+            f"left; {lower_cache_info()}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

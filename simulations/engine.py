@@ -43,9 +43,7 @@ def run_flower_simulation(
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # Ray workers import the apps by module path: make this project importable there too.
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p
-    )
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # no network calls from a run
     from flwr.app import Context, RecordDict
     from flwr.common.config import get_fused_config_from_dir

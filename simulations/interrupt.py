@@ -26,8 +26,9 @@ def resume_hint(task_overrides: list[str], out: Path, federated: bool) -> str:
     if not federated:
         return "a baseline has no checkpoint: run it again"
     kept = [o for o in task_overrides if o.split("=", 1)[0] not in ("resume", "hydra.run.dir")]
-    return "continue with: " + shlex.join(["python", "-m", "simulations.run", *kept, "resume=true",
-                                           f"hydra.run.dir={out}"])  # fmt: skip
+    return "continue with: " + shlex.join(
+        ["python", "-m", "simulations.run", *kept, "resume=true", f"hydra.run.dir={out}"]
+    )
 
 
 def stop_on_interrupt(message: str) -> None:

@@ -21,15 +21,16 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from common.data.catalogue import catalogue_source, check_catalogue
-from common.runs.checkpoint import clear_checkpoint, is_complete, resume_point
 from common.config import CONF_DIR, resolved, to_yaml  # noqa: E402
+from common.config.checks import check_plans  # noqa: E402
+from common.console import quiet_third_party  # noqa: E402
+from common.data.catalogue import catalogue_source, check_catalogue
+from common.data.run import load_run_data  # noqa: E402
 from common.data.types import DataError  # noqa: E402
 from common.model.item_encoder import ModelPathError  # noqa: E402
 from common.privacy.accounting import PrivacyConfigError  # noqa: E402
+from common.runs.checkpoint import clear_checkpoint, is_complete, resume_point
 from common.runs.store import RunFailed, RunStore  # noqa: E402
-from common.config.checks import check_plans  # noqa: E402
-from common.data.run import load_run_data  # noqa: E402
 from simulations.baselines import BASELINES, run_baseline  # noqa: E402
 from simulations.interrupt import resume_hint, stop_on_interrupt  # noqa: E402
 from simulations.table import format_table, protection_line  # noqa: E402
@@ -95,8 +96,10 @@ def execute(cfg: DictConfig, task_overrides: list[str], out: Path) -> dict:
                 raise RunFailed(store.read_failure()) from None
             raise
         if not store.summary_path.exists():
-            raise RunFailed(store.read_failure() or
-                            f"the federated run did not complete (no {store.summary_path}); see the log above")
+            raise RunFailed(
+                store.read_failure()
+                or f"the federated run did not complete (no {store.summary_path}); see the log above"
+            )
         return store.read_summary()
     store.write_summary(summary)
     return summary
@@ -107,7 +110,7 @@ def _name(cfg: DictConfig) -> str:
 
 
 def sweep_position(hc) -> str | None:
-    """"run i/M" inside a Hydra multirun (M from the sweep's command line), else None."""
+    """ "run i/M" inside a Hydra multirun (M from the sweep's command line), else None."""
     from hydra.types import RunMode
 
     if hc.mode != RunMode.MULTIRUN:
@@ -202,12 +205,15 @@ def hydra_main(cfg: DictConfig) -> None:
     # Flower logs to its own console handler; through Hydra's root handler too, every line
     # would print twice, DEBUG included.
     logging.getLogger("flwr").propagate = False
+    quiet_third_party()
     logging.getLogger("alembic").setLevel(logging.WARNING)  # Flower's state DB set-up chatter
     hc = HydraConfig.get()
     if cfg.get("resume") and not cfg.output_dir and not chosen_run_dir(list(hc.overrides.hydra)):
         # Hydra's default folder is a new timestamp: "resuming" there would silently start over.
-        print("fedrec: error: resume=true needs the run folder: hydra.run.dir=RUN_DIR (or output_dir=RUN_DIR)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "fedrec: error: resume=true needs the run folder: hydra.run.dir=RUN_DIR (or output_dir=RUN_DIR)",
+            file=sys.stderr,
+        )
         sys.exit(2)
     out = Path(cfg.output_dir or hc.runtime.output_dir).resolve()
     task = list(hc.overrides.task)
@@ -228,8 +234,9 @@ def hydra_main(cfg: DictConfig) -> None:
         print(protection_line(done))
         return
     federated = cfg.baseline is None
-    stop_on_interrupt(f"stopped; the folder keeps the last completed round ({out}); "
-                      f"{resume_hint(task, out, federated)}")  # fmt: skip
+    stop_on_interrupt(
+        f"stopped; the folder keeps the last completed round ({out}); {resume_hint(task, out, federated)}"
+    )
     try:
         summary = execute(cfg, task, out)
     except (DataError, PrivacyConfigError, ModelPathError, ValueError) as e:

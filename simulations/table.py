@@ -38,7 +38,8 @@ def protection_line(summary: dict) -> str:
     if sa:
         t, n = sa.get("threshold_clients"), sa.get("num_shares_clients")
         agg = f"{sa.get('protocol', 'secagg+').replace('secagg+', 'SecAgg+')} (server sees only the sum" + (
-            f"; unmasks with {t} of {n} clients)" if t and n else ")")
+            f"; unmasks with {t} of {n} clients)" if t and n else ")"
+        )
     else:
         agg = "plain FedAvg (server sees each client's update)" if summary.get("kind") == "federated" else None
     return "privacy: " + dp + (f"; aggregation: {agg}" if agg else "")

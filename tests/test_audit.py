@@ -12,14 +12,26 @@ from omegaconf import OmegaConf
 
 from common.config import compose
 from common.data import leave_one_out, make_synthetic, partition_users
-from common.privacy.canaries import (audit_canaries, count_correct, default_guess_counts, epsilon_lower_bound, inject_audit, p_value, roc_auc, roc_curve)
 from common.data.run import _load_run_data, data_key
+from common.privacy.canaries import (
+    audit_canaries,
+    count_correct,
+    default_guess_counts,
+    epsilon_lower_bound,
+    inject_audit,
+    p_value,
+    roc_auc,
+    roc_curve,
+)
 from simulations.audit.run import audit_config, audit_run, main
 
 TINY = [
-    "dataset.num_users=120", "dataset.num_items=80", "dataset.mean_interactions=15",
-    "partition.num_clients=3", "model.num_negatives=16",
-]  # fmt: skip
+    "dataset.num_users=120",
+    "dataset.num_items=80",
+    "dataset.mean_interactions=15",
+    "partition.num_clients=3",
+    "model.num_negatives=16",
+]
 
 
 # --- ε lower bound ---------------------------------------------------------------------------
@@ -27,7 +39,7 @@ TINY = [
 
 def test_ten_correct_of_ten_at_delta_zero_matches_the_hand_computed_bound():
     # (e^ε/(1+e^ε))^10 = 0.05  =>  q = 0.05^(1/10), ε = ln(q/(1-q)) ≈ 1.0519
-    q = 0.05 ** 0.1
+    q = 0.05**0.1
     assert epsilon_lower_bound(m=10, r=10, v=10, delta=0.0, beta=0.05) == pytest.approx(math.log(q / (1 - q)), abs=1e-9)
     assert math.log(q / (1 - q)) == pytest.approx(1.0519, abs=1e-4)
 
@@ -164,8 +176,14 @@ def test_default_run_data_is_byte_identical_to_a_config_without_the_audit_block(
     ds = cfg.dataset
     data = load_dataset(ds.name, ds.get("path"), **{k: v for k, v in ds.items() if k not in ("name", "path")})
     split = leave_one_out(data)
-    parts = partition_users(split, scheme=cfg.partition.scheme, num_clients=cfg.partition.num_clients, seed=cfg.seed,
-                            attributes=data.user_attributes, attribute=None)  # fmt: skip
+    parts = partition_users(
+        split,
+        scheme=cfg.partition.scheme,
+        num_clients=cfg.partition.num_clients,
+        seed=cfg.seed,
+        attributes=data.user_attributes,
+        attribute=None,
+    )
     assert pickle.dumps((data, split, parts)) == pickle.dumps((default.data, default.split, default.partitions))
 
 
@@ -173,13 +191,22 @@ def test_default_run_data_is_byte_identical_to_a_config_without_the_audit_block(
 
 
 def test_overrides_reproduce_the_run_config_for_the_flower_apps(tmp_path):
-    cfg = compose(["dataset=movielens_100k", "dataset.path=/somewhere/ml-100k", "privacy=none",
-                   "strategy.local_epochs=5", "partition=dirichlet", "eval.ks=[10]"])  # fmt: skip
+    cfg = compose(
+        [
+            "dataset=movielens_100k",
+            "dataset.path=/somewhere/ml-100k",
+            "privacy=none",
+            "strategy.local_epochs=5",
+            "partition=dirichlet",
+            "eval.ks=[10]",
+        ]
+    )
     audit_cfg, overrides = audit_config(cfg, tmp_path / "train", 50, 0.5, 7, 20)
     assert "privacy=none" in overrides and "dataset=movielens_100k" in overrides
     expected = OmegaConf.to_container(cfg)
-    expected.update(audit={"canaries": 50, "canary_length": 20, "holdout": 0.5, "seed": 7},
-                    output_dir=str(tmp_path / "train"))  # fmt: skip
+    expected.update(
+        audit={"canaries": 50, "canary_length": 20, "holdout": 0.5, "seed": 7}, output_dir=str(tmp_path / "train")
+    )
     assert OmegaConf.to_container(audit_cfg) == expected
     # δ is pinned to the audited run's, not re-derived from the larger user count.
     assert audit_config(compose([]), tmp_path, 50, 0.5, 0, 20, delta=1e-4)[0].privacy.delta == 1e-4
@@ -213,8 +240,16 @@ def test_audit_of_tiny_centralized_runs(tmp_path):
 
     for privacy, epochs in (("none", 15), ("dp", 3)):
         setting = "privacy.epsilon=1" if privacy == "dp" else "train.lr=0.005"
-        cfg = compose([*TINY, f"cache_dir={tmp_path / 'cache'}", "baseline=centralized", f"privacy={privacy}", setting,
-                       f"train.epochs={epochs}"])  # fmt: skip
+        cfg = compose(
+            [
+                *TINY,
+                f"cache_dir={tmp_path / 'cache'}",
+                "baseline=centralized",
+                f"privacy={privacy}",
+                setting,
+                f"train.epochs={epochs}",
+            ]
+        )
         out = tmp_path / privacy
         cfg.output_dir = str(out)
         execute(cfg, [], out)

@@ -14,28 +14,45 @@ from pathlib import Path
 import pytest
 import yaml
 
-from simulations.audit.signing import SignatureError, canonical_bytes, generate_keypair, sign_json, verify_json
 from common.privacy.ledger import accountants_agree
 from simulations.audit import identity as audit_identity
 from simulations.audit import report as audit_report
+from simulations.audit.signing import SignatureError, canonical_bytes, generate_keypair, sign_json, verify_json
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
 EPS = [4.722849502094714, 6.5602804809878155, 7.999139521308661]  # a real 3-round run at ε = 8
 
 CONFIG = {
-    "seed": 0, "baseline": None, "output_dir": "/somewhere",
+    "seed": 0,
+    "baseline": None,
+    "output_dir": "/somewhere",
     "dataset": {"name": "synthetic", "path": None, "num_users": 120, "num_items": 400, "seed": 0},
     "partition": {"scheme": "iid", "num_clients": 3},
-    "privacy": {"enabled": True, "epsilon": 8.0, "delta": None, "accountant": "rdp", "noise": "local",
-                "budget_epsilon": None, "seeded_noise": False, "secure_mode": False},
+    "privacy": {
+        "enabled": True,
+        "epsilon": 8.0,
+        "delta": None,
+        "accountant": "rdp",
+        "noise": "local",
+        "budget_epsilon": None,
+        "seeded_noise": False,
+        "secure_mode": False,
+    },
     "secagg": {"enabled": False, "protocol": "none"},
     "strategy": {"name": "fedavg", "num_rounds": 3, "local_epochs": 1},
-}  # fmt: skip
+}
 
 
-def make_run(folder: Path, clients: int = 3, ledger: bool = True, audit: bool = True, private: bool = True,
-             over_budget: dict | None = None, check_off: dict | None = None) -> Path:  # fmt: skip
+def make_run(
+    folder: Path,
+    clients: int = 3,
+    ledger: bool = True,
+    audit: bool = True,
+    private: bool = True,
+    over_budget: dict | None = None,
+    check_off: dict | None = None,
+) -> Path:
     """A completed run folder. ``over_budget`` {client: ε} replaces its last ledger ε;
     ``check_off`` {client: factor} scales its second accountant's ε."""
     over_budget, check_off = over_budget or {}, check_off or {}
@@ -49,29 +66,67 @@ def make_run(folder: Path, clients: int = 3, ledger: bool = True, audit: bool = 
     for r, eps in enumerate(EPS, start=1):
         eps_of = {c: (over_budget.get(c, eps) if r == 3 else eps) for c in range(clients)}
         for c in range(clients):
-            rows.append({"client_id": c, "round": r, "status": "trained", "steps": 2, "steps_total": 2 * r,
-                         "sample_rate": 0.5, "noise_multiplier": 0.98388671875, "epsilon": eps_of[c],
-                         "epsilon_check": eps_of[c] * check_off.get(c, 1.0), "accountant": "rdp",
-                         "check_accountant": "dp-accounting rdp", "agree": abs(check_off.get(c, 1.0) - 1) <= 0.01,
-                         "delta": 1e-4,
-                         "budget_epsilon": 8.0})  # fmt: skip
-        metrics.append({"round": r, "epsilon_max": max(eps_of.values()),
-                        "epsilon_per_client": {str(c): e for c, e in eps_of.items()}})  # fmt: skip
+            rows.append(
+                {
+                    "client_id": c,
+                    "round": r,
+                    "status": "trained",
+                    "steps": 2,
+                    "steps_total": 2 * r,
+                    "sample_rate": 0.5,
+                    "noise_multiplier": 0.98388671875,
+                    "epsilon": eps_of[c],
+                    "epsilon_check": eps_of[c] * check_off.get(c, 1.0),
+                    "accountant": "rdp",
+                    "check_accountant": "dp-accounting rdp",
+                    "agree": abs(check_off.get(c, 1.0) - 1) <= 0.01,
+                    "delta": 1e-4,
+                    "budget_epsilon": 8.0,
+                }
+            )
+        metrics.append(
+            {
+                "round": r,
+                "epsilon_max": max(eps_of.values()),
+                "epsilon_per_client": {str(c): e for c, e in eps_of.items()},
+            }
+        )
     for c in range(clients):
         last = rows[-clients + c]
-        per_client[str(c)] = {"epsilon": last["epsilon"], "delta": 1e-4, "noise_multiplier": 0.98388671875,
-                              "sample_rate": 0.5, "steps": 6, "users": 40, "epsilon_check": last["epsilon_check"],
-                              "check_accountant": "dp-accounting rdp", "budget_epsilon": 8.0}  # fmt: skip
+        per_client[str(c)] = {
+            "epsilon": last["epsilon"],
+            "delta": 1e-4,
+            "noise_multiplier": 0.98388671875,
+            "sample_rate": 0.5,
+            "steps": 6,
+            "users": 40,
+            "epsilon_check": last["epsilon_check"],
+            "check_accountant": "dp-accounting rdp",
+            "budget_epsilon": 8.0,
+        }
     summary = {
-        "kind": "federated", "metrics": {"full": {"ndcg@10": 0.12}},
-        "privacy": {"unit": "user", "enabled": private, "mechanism": "dp-sgd per client (local noise)" if private
-                    else "none", "accountant": "rdp" if private else None, "epsilon_target": 8.0 if private else None,
-                    "delta": 1e-4 if private else None, "epsilon_max": max(p["epsilon"] for p in per_client.values())
-                    if private else None, "per_client": per_client if private else {}},
-        "secure_aggregation": None, "timing": {"rounds": 3},
-        "data": {"dataset": "synthetic", "users": 40 * clients, "items": 400, "clients": clients,
-                 "client_users": [40] * clients},
-    }  # fmt: skip
+        "kind": "federated",
+        "metrics": {"full": {"ndcg@10": 0.12}},
+        "privacy": {
+            "unit": "user",
+            "enabled": private,
+            "mechanism": "dp-sgd per client (local noise)" if private else "none",
+            "accountant": "rdp" if private else None,
+            "epsilon_target": 8.0 if private else None,
+            "delta": 1e-4 if private else None,
+            "epsilon_max": max(p["epsilon"] for p in per_client.values()) if private else None,
+            "per_client": per_client if private else {},
+        },
+        "secure_aggregation": None,
+        "timing": {"rounds": 3},
+        "data": {
+            "dataset": "synthetic",
+            "users": 40 * clients,
+            "items": 400,
+            "clients": clients,
+            "client_users": [40] * clients,
+        },
+    }
     (folder / "summary.json").write_text(json.dumps(summary, indent=2))
     (folder / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
     if ledger and private:
@@ -79,14 +134,36 @@ def make_run(folder: Path, clients: int = 3, ledger: bool = True, audit: bool = 
     if audit:
         (folder / "audit").mkdir()
         lb, auc = (0.9, 0.51) if private else (3.1, 0.83)
-        (folder / "audit" / "audit.json").write_text(json.dumps({
-            "run": str(folder), "private": private, "epsilon_theory": 8.0 if private else None, "delta": 1e-4,
-            "canaries": {"m": 200, "included": 97, "guesses": 40, "correct": 36, "k_plus": 20, "k_minus": 20,
-                         "confidence": 0.95, "epsilon_lower_bound": lb, "method": "one-run (Steinke et al. 2023)"},
-            "mia": {"members": 470, "non_members": 473, "auc": auc,
-                    "roc": {"fpr": [0.0, 0.3, 0.6, 1.0], "tpr": [0.0, 0.3 + (auc - 0.5), 0.62, 1.0]}},
-            "train_dir": "audit/train", "seconds": 123.4, "violation": False,
-        }))  # fmt: skip
+        (folder / "audit" / "audit.json").write_text(
+            json.dumps(
+                {
+                    "run": str(folder),
+                    "private": private,
+                    "epsilon_theory": 8.0 if private else None,
+                    "delta": 1e-4,
+                    "canaries": {
+                        "m": 200,
+                        "included": 97,
+                        "guesses": 40,
+                        "correct": 36,
+                        "k_plus": 20,
+                        "k_minus": 20,
+                        "confidence": 0.95,
+                        "epsilon_lower_bound": lb,
+                        "method": "one-run (Steinke et al. 2023)",
+                    },
+                    "mia": {
+                        "members": 470,
+                        "non_members": 473,
+                        "auc": auc,
+                        "roc": {"fpr": [0.0, 0.3, 0.6, 1.0], "tpr": [0.0, 0.3 + (auc - 0.5), 0.62, 1.0]},
+                    },
+                    "train_dir": "audit/train",
+                    "seconds": 123.4,
+                    "violation": False,
+                }
+            )
+        )
     return folder
 
 
@@ -221,8 +298,12 @@ def test_signed_report_verifies_and_any_change_fails(tmp_path, keys, capsys):
     with pytest.raises(SignatureError, match="another key"):
         verify_json(resigned, public)
 
-    for bad in ({**original, "note": "unsigned addition"}, {"payload": original["payload"], "signature": None},
-                {**original, "signature": {**original["signature"], "algorithm": "RSA"}}, [1, 2]):  # fmt: skip
+    for bad in (
+        {**original, "note": "unsigned addition"},
+        {"payload": original["payload"], "signature": None},
+        {**original, "signature": {**original["signature"], "algorithm": "RSA"}},
+        [1, 2],
+    ):
         with pytest.raises(SignatureError):
             verify_json(bad, public)
 
@@ -341,8 +422,13 @@ def test_module_command_line_exits_non_zero_on_a_tampered_report(tmp_path, keys)
     audit_report.write_report(run, key=private)
     report = run / "audit" / "report.json"
     report.write_text(report.read_text().replace('"epsilon_lower_bound": 0.9', '"epsilon_lower_bound": 0.8'))
-    out = subprocess.run([sys.executable, "-m", "simulations.audit.report", "verify", str(report), str(public)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "simulations.audit.report", "verify", str(report), str(public)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 1 and out.stderr.count("\n") == 1 and "verification FAILED" in out.stderr
 
 
@@ -351,9 +437,16 @@ def test_secure_aggregation_and_noise_mode_shape_the_statements(tmp_path, noise)
     run = make_run(tmp_path / "run", ledger=False)
     config = yaml.safe_load((run / "config.yaml").read_text())
     config["privacy"]["noise"] = noise
-    config["secagg"] = {"enabled": True, "protocol": "secagg+", "num_shares": 1.0, "reconstruction_threshold": 0.6,
-                        "clipping_range": 8.0, "quantization_range": 4194304, "modulus_range": 4294967296,
-                        "update_clip_norm": 8.0}  # fmt: skip
+    config["secagg"] = {
+        "enabled": True,
+        "protocol": "secagg+",
+        "num_shares": 1.0,
+        "reconstruction_threshold": 0.6,
+        "clipping_range": 8.0,
+        "quantization_range": 4194304,
+        "modulus_range": 4294967296,
+        "update_clip_norm": 8.0,
+    }
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     audit_report.write_report(run)
     p = payload_of(run)

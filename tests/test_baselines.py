@@ -7,15 +7,20 @@ import pytest
 from safetensors.numpy import load_file
 
 from common.config import compose
+from common.data.run import load_run_data
 from common.privacy.accounting import independent_epsilon
 from common.privacy.plans import federated_plan
-from common.data.run import load_run_data
 from simulations.run import execute
 
 SMALL = [
-    "dataset.num_users=90", "dataset.num_items=60", "dataset.mean_interactions=12",
-    "partition.num_clients=3", "strategy.num_rounds=2", "model.num_negatives=16", "train.epochs=2",
-]  # fmt: skip
+    "dataset.num_users=90",
+    "dataset.num_items=60",
+    "dataset.mean_interactions=12",
+    "partition.num_clients=3",
+    "strategy.num_rounds=2",
+    "model.num_negatives=16",
+    "train.epochs=2",
+]
 
 
 def run_baseline(tmp_path, *overrides):
@@ -33,9 +38,15 @@ def weighted_client_mean(summary, metric):
 
 @pytest.mark.parametrize(
     "baseline, privacy",
-    [("popularity", "none"), ("centralized", "none"), ("centralized", "dp"), ("local", "none"),
-     ("local", "dp"), ("sasrec_ids", "none")],
-)  # fmt: skip
+    [
+        ("popularity", "none"),
+        ("centralized", "none"),
+        ("centralized", "dp"),
+        ("local", "none"),
+        ("local", "dp"),
+        ("sasrec_ids", "none"),
+    ],
+)
 def test_baseline_writes_the_summary_with_per_client_results(tmp_path, baseline, privacy):
     cfg, summary, out = run_baseline(tmp_path, f"baseline={baseline}", f"privacy={privacy}")
     assert summary["kind"] == baseline

@@ -16,8 +16,14 @@ TINY = ["--users", "40", "--repeats", "1", "--dataset-overrides", "dataset.num_u
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "dp_overhead.py"), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "dp_overhead.py"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_dp_overhead_prints_a_positive_ratio():
@@ -43,16 +49,33 @@ TINY_DATA = ["dataset.num_users=40", "dataset.num_items=40", "dataset.mean_inter
 
 def _script(name: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "FLWR_TELEMETRY_ENABLED": "0"}
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / name), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / name), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
 
 @pytest.mark.slow
 def test_dp_overhead_runs_the_lora_adapter_too():
-    proc = _run("--models", "lora", "--json", "--users", "8", "--repeats", "1", "--dataset-overrides",
-                "dataset.num_users=30", "dataset.num_items=40", "dataset.mean_interactions=8")  # fmt: skip
+    proc = _run(
+        "--models",
+        "lora",
+        "--json",
+        "--users",
+        "8",
+        "--repeats",
+        "1",
+        "--dataset-overrides",
+        "dataset.num_users=30",
+        "dataset.num_items=40",
+        "dataset.mean_interactions=8",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     (row,) = json.loads(proc.stdout)["results"]
     assert row["model"] == "lora" and row["examples_non_dp"] == 8
@@ -71,8 +94,20 @@ def test_federation_overhead_prints_the_ratio_of_its_two_timings():
 
 @pytest.mark.slow
 def test_bytes_per_round_counts_at_least_the_adapter_each_way():
-    proc = _script("bytes_per_round.py", "--models", "projection", "--clients", "2", "--rounds", "1", "--json",
-                   "--dataset-overrides", *TINY_DATA, "--overrides", "privacy=none")  # fmt: skip
+    proc = _script(
+        "bytes_per_round.py",
+        "--models",
+        "projection",
+        "--clients",
+        "2",
+        "--rounds",
+        "1",
+        "--json",
+        "--dataset-overrides",
+        *TINY_DATA,
+        "--overrides",
+        "privacy=none",
+    )
     (row,) = json.loads(proc.stdout)
     assert row["adapter_bytes"] == 4 * row["adapter_parameters"] > 0
     # One training message each way per client and round, each carrying the whole adapter.
@@ -84,8 +119,21 @@ def test_bytes_per_round_counts_at_least_the_adapter_each_way():
 
 @pytest.mark.slow
 def test_scale_reports_seconds_per_round_and_peak_memory(tmp_path):
-    proc = _script("scale.py", "--users", "30", "--items", "40", "--mean-interactions", "8", "--rounds", "2",
-                   "--data-dir", str(tmp_path), "--overrides", "model.num_negatives=8")  # fmt: skip
+    proc = _script(
+        "scale.py",
+        "--users",
+        "30",
+        "--items",
+        "40",
+        "--mean-interactions",
+        "8",
+        "--rounds",
+        "2",
+        "--data-dir",
+        str(tmp_path),
+        "--overrides",
+        "model.num_negatives=8",
+    )
     out = proc.stdout
     assert "clients per round [3, 3]" in out  # 10 % of 30 one-user clients
     seconds, _, ratio_s, gib, _, ratio_m = out.strip().splitlines()[-1].split()
@@ -96,8 +144,9 @@ def test_scale_reports_seconds_per_round_and_peak_memory(tmp_path):
 
 @pytest.mark.slow
 def test_quality_cost_prints_the_ndcg_ratio_of_a_fresh_pair():
-    overrides = " ".join([*TINY_DATA, "privacy=none", "partition.num_clients=2", "strategy.num_rounds=1",
-                          "train.epochs=1"])  # fmt: skip
+    overrides = " ".join(
+        [*TINY_DATA, "privacy=none", "partition.num_clients=2", "strategy.num_rounds=1", "train.epochs=1"]
+    )
     proc = _script("quality_cost.py", "--run", overrides)
     row = proc.stdout.splitlines()[1].split()
     fed, cen, ratio = float(row[-9]), float(row[-8]), float(row[-1])
@@ -105,8 +154,19 @@ def test_quality_cost_prints_the_ndcg_ratio_of_a_fresh_pair():
 
 
 def test_causal_cache_benchmark_reports_exact_states_and_positive_ratios():
-    out = json.loads(_script("causal_cache.py", "model.path=tiny-random", "model.top_layers=1", *TINY_DATA[:3],
-                             "--prompts", "4", "--repeats", "1", "--json").stdout)  # fmt: skip
+    out = json.loads(
+        _script(
+            "causal_cache.py",
+            "model.path=tiny-random",
+            "model.top_layers=1",
+            *TINY_DATA[:3],
+            "--prompts",
+            "4",
+            "--repeats",
+            "1",
+            "--json",
+        ).stdout
+    )
     assert out["prompts"] == 4 and out["layers"] == 2 and out["top_layers"] == 1
     assert out["train_ratio"] > 0 and out["score_ratio"] > 0 and out["fill_s_per_prompt"] > 0
     # The cached path is the same computation: differences are float rounding only.
@@ -133,8 +193,9 @@ def test_ml1m_pairs_converter_gives_a_random_order_the_csv_loader_reads(tmp_path
     src.mkdir()
     pairs = [(str(u), str(m)) for u in (1, 2, 3) for m in range(1, 8) if (u + m) % 3]
     pd.DataFrame(pairs, columns=["userID", "movieID"]).to_parquet(src / "ratings-ids-only.parquet")
-    (src / "movies.dat").write_text("".join(f"{m}::Film {m} (1999)::Drama|Comedy\n" for m in range(1, 8)),
-                                    encoding="latin-1")  # fmt: skip
+    (src / "movies.dat").write_text(
+        "".join(f"{m}::Film {m} (1999)::Drama|Comedy\n" for m in range(1, 8)), encoding="latin-1"
+    )
     (src / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16::70072\n3::M::25::15::55117\n")
     stats = convert(src, tmp_path / "out", seed=3)
     assert stats == {"pairs": len(pairs), "users": 3, "items": 7}
@@ -149,8 +210,9 @@ def test_ml1m_pairs_converter_gives_a_random_order_the_csv_loader_reads(tmp_path
         convert(src, tmp_path / "out2")
 
 
-@pytest.mark.skipif(not (ROOT.parent / "shared/data/ml-1m/ratings-ids-only.parquet").exists(),
-                    reason="ML-1M pairs not present")  # fmt: skip
+@pytest.mark.skipif(
+    not (ROOT.parent / "shared/data/ml-1m/ratings-ids-only.parquet").exists(), reason="ML-1M pairs not present"
+)
 def test_ml1m_pairs_converter_on_the_real_pairs(tmp_path):
     stats = _ml1m_convert()(ROOT.parent / "shared/data/ml-1m", tmp_path, seed=0)
     assert stats == {"pairs": 1_000_209, "users": 6_040, "items": 3_883}
@@ -163,14 +225,24 @@ def test_pooled_dp_reproduces_the_federated_default_run(tmp_path):
     noise, the prior) up to SecAgg+'s quantization, so settings tuned with it mean the same."""
     from safetensors.numpy import load_file
 
-    overrides = [*TINY_DATA, "partition.num_clients=3", "strategy.num_rounds=3", "privacy.seeded_noise=true",
-                 f"cache_dir={tmp_path / 'cache'}"]  # fmt: skip
+    overrides = [
+        *TINY_DATA,
+        "partition.num_clients=3",
+        "strategy.num_rounds=3",
+        "privacy.seeded_noise=true",
+        f"cache_dir={tmp_path / 'cache'}",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "FLWR_TELEMETRY_ENABLED": "0"}
-    proc = subprocess.run([sys.executable, "-m", "simulations.run", *overrides, f"hydra.run.dir={tmp_path / 'run'}"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "simulations.run", *overrides, f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    _script("pooled_dp.py", "--seeded-noise", "--eval-every", "3", "--save", str(tmp_path / "pooled"), "--",
-            *overrides)  # fmt: skip
+    _script("pooled_dp.py", "--seeded-noise", "--eval-every", "3", "--save", str(tmp_path / "pooled"), "--", *overrides)
     fed = load_file(str(tmp_path / "run" / "adapter" / "adapter_model.safetensors"))
     pooled = dict(np.load(tmp_path / "pooled" / "adapter_seed0.npz"))
     assert set(fed) == set(pooled)
@@ -183,8 +255,8 @@ def test_pooled_dp_reproduces_the_federated_default_run(tmp_path):
 
 def _initial_adapter(overrides):
     from common.config import compose
-    from common.model.factory import build_model
     from common.data.run import load_run_data
+    from common.model.factory import build_model
 
     cfg = compose(overrides)
     model = build_model(cfg, load_run_data(cfg))

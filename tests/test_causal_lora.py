@@ -16,19 +16,27 @@ import numpy as np
 import pytest
 import torch
 
+from common.causal.prompts import build_prompt
 from common.causal.task import PromptBuilder, _sum_per_user, evaluate_causal, train_causal, user_ratings
 from common.config import compose
-from common.metrics.auc import AucHistogram, auc
-from common.privacy.accounting import AccountantState, independent_epsilon
-from common.causal.prompts import build_prompt
-from common.serialization import get_weights, load_adapter, save_adapter
-from common.model.factory import build_model
-from common.privacy.plans import federated_plan
 from common.data.run import load_run_data
+from common.metrics.auc import AucHistogram, auc
+from common.model.factory import build_model
+from common.privacy.accounting import AccountantState, independent_epsilon
+from common.privacy.plans import federated_plan
+from common.serialization import get_weights, load_adapter, save_adapter
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["model=causal_lora", "model.path=tiny-random", "dataset.num_users=40", "dataset.num_items=30",
-        "dataset.mean_interactions=10", "partition.num_clients=2", "train.batch_size=8", "strategy.num_rounds=1"]
+TINY = [
+    "model=causal_lora",
+    "model.path=tiny-random",
+    "dataset.num_users=40",
+    "dataset.num_items=30",
+    "dataset.mean_interactions=10",
+    "partition.num_clients=2",
+    "train.batch_size=8",
+    "strategy.num_rounds=1",
+]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +46,7 @@ def tiny():
     return cfg, run
 
 
-FIXTURE_PROMPT = '''Below is an instruction that describes a task, paired with an input that provides further context. Write a response that appropriately completes the request.
+FIXTURE_PROMPT = """Below is an instruction that describes a task, paired with an input that provides further context. Write a response that appropriately completes the request.
 
 ### Instruction:
 Given the user's preference and unpreference, identify whether the user will like the target movie by answering "Yes." or "No."
@@ -49,14 +57,21 @@ User Unpreference: "GoldenEye (1995)"
 Whether the user will like the target movie "Babe (1995)"?
 
 ### Response:
-'''
+"""
 
 
 def test_prompt_builder_matches_the_tallrec_fixture():
-    assert build_prompt(["Toy Story (1995)", "GoldenEye (1995)", "Heat (1995)"], [True, False, True],
-                        "Babe (1995)") == FIXTURE_PROMPT  # fmt: skip
-    texts = ["Toy Story (1995). Genres: Animation", "GoldenEye (1995). Genres: Action", "Heat (1995). Genres: Crime",
-             "Babe (1995). Genres: Drama", "Old (1990). Genres: Drama"]  # fmt: skip
+    assert (
+        build_prompt(["Toy Story (1995)", "GoldenEye (1995)", "Heat (1995)"], [True, False, True], "Babe (1995)")
+        == FIXTURE_PROMPT
+    )
+    texts = [
+        "Toy Story (1995). Genres: Animation",
+        "GoldenEye (1995). Genres: Action",
+        "Heat (1995). Genres: Crime",
+        "Babe (1995). Genres: Drama",
+        "Old (1990). Genres: Drama",
+    ]
     # Item texts lose their genres; only the last max_history=3 items before the target count.
     build = PromptBuilder(texts, max_history=3)
     assert build(np.array([4, 0, 1, 2, 3]), np.array([True, True, False, True, True]), 4) == FIXTURE_PROMPT
@@ -128,8 +143,7 @@ def test_empty_poisson_batches_still_take_their_noise_step(tiny):
     # batch_size 1: q = 1/users, so about a third of the steps sample nobody.
     from common.privacy.dp_sgd import DPSettings
 
-    result = train_causal(model, run, run.partitions[0], cfg, 1, 1, 0.05, seed=0,
-                          dp=DPSettings(1.0, 1.0, noise_seed=3))  # fmt: skip
+    result = train_causal(model, run, run.partitions[0], cfg, 1, 1, 0.05, seed=0, dp=DPSettings(1.0, 1.0, noise_seed=3))
     assert result["steps"] == users and result["history"] == [(1.0, 1.0 / users, users)]
 
 
@@ -196,7 +210,8 @@ def test_adapter_round_trips_in_peft_and_project_formats(tiny, tmp_path):
     base, _ = load_base("tiny-random")
     peft = PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path / "peft"))
     assert sorted(n for n, p in peft.named_parameters() if "lora_" in n) == sorted(
-        n.removeprefix("peft.") for n, p in trained.named_parameters() if p.requires_grad)
+        n.removeprefix("peft.") for n, p in trained.named_parameters() if p.requires_grad
+    )
     # The project's own adapter files (what a run folder holds) round-trip too.
     save_adapter(trained, {"model": "causal_lora"}, tmp_path / "project")
     other = build_model(compose(" ".join([*TINY, "seed=6"])), run)
@@ -282,11 +297,22 @@ def test_gradient_checkpointing_gives_the_same_gradients_and_is_refused_with_dp_
 
 @pytest.mark.slow
 def test_a_federated_dp_run_with_causal_lora_reports_auc(tmp_path):
-    env = {**os.environ, "FEDREC_CACHE": str(tmp_path / "cache"), "FLWR_TELEMETRY_ENABLED": "0",
-           "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "FEDREC_CACHE": str(tmp_path / "cache"),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(ROOT),
+    }
     overrides = [*TINY, "dataset.num_users=24", f"hydra.run.dir={tmp_path / 'run'}"]
-    proc = subprocess.run([sys.executable, "-m", "simulations.run", *overrides], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "simulations.run", *overrides],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     m = summary["metrics"]
@@ -361,8 +387,9 @@ def test_rerank_evaluation_reports_full_metrics_of_the_reranked_and_the_projecti
     metrics, _ = evaluate_causal(model, run, rows, 10, "test", cfg=ccfg)
     assert metrics["count"] == len(rows) and metrics["projection_count"] == len(rows) and "hr@10_sum" in metrics
     # benchmarks/causal_auc.py prints them per round; round 0 (LoRA B = 0) is this untrained model on all users.
-    rounds = _causal_auc_benchmark().main([*TINY[1:], f"model.rerank_run={tmp_path / 'proj'}", "model.rerank_top=5",
-                                           "privacy=none", "--split", "test"])  # fmt: skip
+    rounds = _causal_auc_benchmark().main(
+        [*TINY[1:], f"model.rerank_run={tmp_path / 'proj'}", "model.rerank_top=5", "privacy=none", "--split", "test"]
+    )
     every = MetricSums.from_dict(evaluate_rerank(model, run, np.arange(len(run.split.users)), ccfg)).means()
     assert rounds[0]["ndcg@10"] == pytest.approx(every["ndcg@10"])
     assert rounds[0]["projection_hr@10"] == pytest.approx(every["projection_hr@10"])
@@ -464,12 +491,18 @@ def test_prefill_covers_every_prompt_a_fixed_pool_run_uses(tiny, tmp_path):
     """simulations.causal_prefill stores each user's validation, test and training-pool prompts:
     a later training epoch and evaluation (memory cache empty, as in a new process) compute
     nothing through the lower layers."""
-    from common.causal.task import fixed_prompts
     from common.causal.lm import clear_lower_cache, lower_cache_info
+    from common.causal.task import fixed_prompts
     from simulations.causal_prefill import main as prefill
 
-    over = [*TINY, "privacy=none", "model.top_layers=1", "model.train_targets=3", "model.candidates_per_user=2",
-            f"model.lower_cache_dir={tmp_path}"]  # fmt: skip
+    over = [
+        *TINY,
+        "privacy=none",
+        "model.top_layers=1",
+        "model.train_targets=3",
+        "model.candidates_per_user=2",
+        f"model.lower_cache_dir={tmp_path}",
+    ]
     clear_lower_cache()
     try:
         prefill([o for o in over if o != "model=causal_lora"])
@@ -517,7 +550,10 @@ def test_causal_auc_benchmark_starts_from_the_untrained_auc_and_uses_the_clients
     plan = federated_plan(compose(" ".join([*TINY, "strategy.num_rounds=2"])), run, 0)
     assert plan.total_steps == 2 * plan.steps_per_round
     assert [r["dp_steps"] for r in rounds[1:]] == [plan.steps_per_round] * 2  # Opacus took every planned step
-    assert f"σ {plan.dp.noise_multiplier:.3f}, q {plan.sample_rate:.3f}, {plan.total_steps} steps" in capsys.readouterr().out
+    assert (
+        f"σ {plan.dp.noise_multiplier:.3f}, q {plan.sample_rate:.3f}, {plan.total_steps} steps"
+        in capsys.readouterr().out
+    )
 
 
 @pytest.mark.parametrize("baseline", ["centralized", "local"])

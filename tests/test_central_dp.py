@@ -9,18 +9,25 @@ import pytest
 from flwr.app import Context, RecordDict
 from omegaconf import OmegaConf
 
-from common.privacy.central import central_plan, sampled_clients
 from common.config import compose
 from common.privacy.accounting import independent_epsilon
+from common.privacy.central import central_plan, sampled_clients
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_secagg import adapter  # noqa: E402
 from test_simulation import run_cli  # noqa: E402
 
 SMALL = [
-    "dataset.num_users=120", "dataset.num_items=80", "dataset.mean_interactions=15",
-    "partition.num_clients=4", "strategy.num_rounds=1", "model.num_negatives=16", "model.dropout=0.0",
-    "privacy.noise=central", "privacy.epsilon=20", "train.epochs=1",
+    "dataset.num_users=120",
+    "dataset.num_items=80",
+    "dataset.mean_interactions=15",
+    "partition.num_clients=4",
+    "strategy.num_rounds=1",
+    "model.num_negatives=16",
+    "model.dropout=0.0",
+    "privacy.noise=central",
+    "privacy.epsilon=20",
+    "train.epochs=1",
 ]
 
 
@@ -41,10 +48,10 @@ def test_server_noise_has_the_planned_variance_around_the_mean_clipped_update(tm
     import torch
 
     from client.app import RecommenderClient
-    from common.serialization import get_weights
+    from common.data.run import load_run_data
     from common.model.factory import build_model
     from common.privacy.plans import central_plan_for
-    from common.data.run import load_run_data
+    from common.serialization import get_weights
 
     overrides = [*SMALL, f"secagg={secagg}"]
     proc = run_cli(tmp_path, *overrides)
@@ -67,8 +74,13 @@ def test_server_noise_has_the_planned_variance_around_the_mean_clipped_update(tm
     init = get_weights(build_model(cfg, run))
     updates = []
     for cid in range(4):
-        ctx = Context(run_id=1, node_id=cid + 1, node_config={"partition-id": cid, "num-partitions": 4},
-                      state=RecordDict(), run_config={"overrides": one_string})
+        ctx = Context(
+            run_id=1,
+            node_id=cid + 1,
+            node_config={"partition-id": cid, "num-partitions": 4},
+            state=RecordDict(),
+            run_config={"overrides": one_string},
+        )
         update, weight, _ = RecommenderClient(ctx).fit(init, {"server_round": 1, "clipping_norm": plan.clipping_norm})
         assert weight == 1  # equal weights: one client moves the mean by at most C/K
         assert np.sqrt(sum((u.astype(np.float64) ** 2).sum() for u in update)) <= plan.clipping_norm + 1e-5

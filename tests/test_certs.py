@@ -191,8 +191,12 @@ def test_real_superlink_starts_with_these_files_and_registers_a_supernode(bundle
     verifies it, and `flwr supernode register` accepts an organisation's auth.pub."""
     root, _ = bundle
     port = _free_port()
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_HOME": str(tmp_path / "flwr"),
-           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {
+        **os.environ,
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_HOME": str(tmp_path / "flwr"),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     (tmp_path / "flwr").mkdir()
     (tmp_path / "flwr" / "config.toml").write_text(
         f'[superlink]\ndefault = "fedrec"\n\n[superlink.fedrec]\naddress = "127.0.0.1:{port}"\n'
@@ -201,11 +205,26 @@ def test_real_superlink_starts_with_these_files_and_registers_a_supernode(bundle
     log = tmp_path / "superlink.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(root / "ca.crt"),
-             "--ssl-certfile", str(root / "server.crt"), "--ssl-keyfile", str(root / "server.key"),
-             "--enable-supernode-auth", "--host", "127.0.0.1", "--port", str(port),
-             "--isolation", "process"],  # no SuperExec child to clean up
-            stdout=out, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
+            [
+                str(BIN / "flower-superlink"),
+                "--ssl-ca-certfile",
+                str(root / "ca.crt"),
+                "--ssl-certfile",
+                str(root / "server.crt"),
+                "--ssl-keyfile",
+                str(root / "server.key"),
+                "--enable-supernode-auth",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--isolation",
+                "process",
+            ],  # no SuperExec child to clean up
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=tmp_path,
         )
     try:
         ctx = ssl.create_default_context(cafile=str(root / "ca.crt"))
@@ -221,9 +240,20 @@ def test_real_superlink_starts_with_these_files_and_registers_a_supernode(bundle
                 time.sleep(0.3)
         assert status is not None, f"SuperLink did not serve HTTPS; log:\n{log.read_text()[-3000:]}"
         reg = subprocess.run(
-            [str(BIN / "flwr"), "supernode", "register", str(root / "supernodes" / "acme" / "auth.pub"),
-             "fedrec", "--name", "acme"],
-            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=30,
+            [
+                str(BIN / "flwr"),
+                "supernode",
+                "register",
+                str(root / "supernodes" / "acme" / "auth.pub"),
+                "fedrec",
+                "--name",
+                "acme",
+            ],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         assert reg.returncode == 0 and "registered successfully" in reg.stdout, reg.stdout + reg.stderr
     finally:

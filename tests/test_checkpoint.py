@@ -14,14 +14,25 @@ import pytest
 from flwr.app import Context, RecordDict
 
 from client.app import RecommenderClient
-from common.data.catalogue import CatalogueMismatch, catalogue_fingerprint
-from common.runs.checkpoint import (CheckpointError, ServerCheckpoint, check_config, check_ledgers_survive, fixed_config, is_complete, keep_rounds_up_to, load_checkpoint, resume_point, save_checkpoint)
 from common.config import compose
-from common.privacy.distributed import ServerOptimizer
-from common.privacy.accounting import independent_epsilon
-from common.privacy.ledger import LedgerRow, PrivacyLedger
-from common.serialization import get_weights
+from common.data.catalogue import CatalogueMismatch, catalogue_fingerprint
 from common.model.factory import build_model
+from common.privacy.accounting import independent_epsilon
+from common.privacy.distributed import ServerOptimizer
+from common.privacy.ledger import LedgerRow, PrivacyLedger
+from common.runs.checkpoint import (
+    CheckpointError,
+    ServerCheckpoint,
+    check_config,
+    check_ledgers_survive,
+    fixed_config,
+    is_complete,
+    keep_rounds_up_to,
+    load_checkpoint,
+    resume_point,
+    save_checkpoint,
+)
+from common.serialization import get_weights
 from tests.test_harness_csv import write_shop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,7 +54,13 @@ def test_a_checkpoint_round_trips_and_the_restored_optimizer_continues_exactly(t
     assert not [p for p in (tmp_path / "checkpoint").iterdir() if p.name.startswith(".")]  # no temp file left
     back = load_checkpoint(tmp_path)
     assert (back.round, back.strategy, back.seconds, back.config, back.catalogue, back.resumed_from) == (
-        2, state, 12.5, {"seed": 0}, {"items_sha256": "ab"}, [1])  # fmt: skip
+        2,
+        state,
+        12.5,
+        {"seed": 0},
+        {"items_sha256": "ab"},
+        [1],
+    )
     for a, b in zip(back.weights, after_two):
         assert a.dtype == np.float32 and np.array_equal(a, b)
     # Adam's moments and step count came back: the third step equals an uninterrupted one.
@@ -64,8 +81,14 @@ def test_a_damaged_checkpoint_is_a_one_line_error(tmp_path):
 def test_resuming_with_another_config_is_refused_but_where_it_runs_may_change(tmp_path):
     cfg = compose("strategy.num_rounds=3 privacy.epsilon=8")
     ckpt = ServerCheckpoint(1, [], config=fixed_config(cfg))
-    check_config(ckpt, compose(f"strategy.num_rounds=3 privacy.epsilon=8 resume=true output_dir={tmp_path} "
-                               "device=cpu cache_dir=/tmp/x simulation.num_cpus_per_client=2"), tmp_path)  # fmt: skip
+    check_config(
+        ckpt,
+        compose(
+            f"strategy.num_rounds=3 privacy.epsilon=8 resume=true output_dir={tmp_path} "
+            "device=cpu cache_dir=/tmp/x simulation.num_cpus_per_client=2"
+        ),
+        tmp_path,
+    )
     with pytest.raises(CheckpointError, match=r"privacy.epsilon: 8 -> 4, strategy.num_rounds: 3 -> 5; only resume"):
         check_config(ckpt, compose("strategy.num_rounds=5 privacy.epsilon=4 resume=true"), tmp_path)
 
@@ -110,11 +133,18 @@ def test_a_completed_run_without_a_checkpoint_resumes_only_with_its_own_config(t
 
 def test_resume_without_a_named_run_folder_is_a_one_line_error(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "FEDREC_PROGRESS": "0"}
-    proc = subprocess.run([sys.executable, "-m", "simulations.run", "resume=true", "privacy=none"], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "simulations.run", "resume=true", "privacy=none"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines() == [
-        "fedrec: error: resume=true needs the run folder: hydra.run.dir=RUN_DIR (or output_dir=RUN_DIR)"]
+        "fedrec: error: resume=true needs the run folder: hydra.run.dir=RUN_DIR (or output_dir=RUN_DIR)"
+    ]
     # No run was started in Hydra's new timestamped folder (Hydra's own .hydra/ aside).
     assert not [p for p in tmp_path.rglob("*.yaml") if p.parent.name != ".hydra"]
 
@@ -132,8 +162,8 @@ def test_a_cut_off_last_metrics_line_is_dropped_on_resume(tmp_path, caplog):
 
 
 def test_every_resume_counts_one_more_central_release():
-    from common.privacy.central import central_plan
     from common.privacy.accounting import AccountantState
+    from common.privacy.central import central_plan
     from server.app import central_ledger, central_privacy
 
     cfg = compose("privacy.noise=central strategy.num_rounds=3 privacy.epsilon=4")
@@ -158,17 +188,25 @@ def test_a_client_ledger_keeps_both_rows_of_a_redone_round_and_counts_both(tmp_p
     ledger = PrivacyLedger.open(tmp_path / "privacy_ledger.jsonl")
     for steps_total in (3, 6, 9):  # rounds 1, 2, and 2 again after a resume
         r = 1 if steps_total == 3 else 2
-        ledger.append(LedgerRow(r, "trained", 3, steps_total, 0.5, 1.0, 0.0, 0.0, "rdp", "dp-accounting rdp",
-                                True, 1e-4, None))  # fmt: skip
+        ledger.append(
+            LedgerRow(r, "trained", 3, steps_total, 0.5, 1.0, 0.0, 0.0, "rdp", "dp-accounting rdp", True, 1e-4, None)
+        )
     again = PrivacyLedger.open(tmp_path / "privacy_ledger.jsonl")
     assert [r["round"] for r in again.rows] == [1, 2, 2] and again.accountant().steps == 9
 
 
 def shop_client(folder: Path, cache: Path) -> RecommenderClient:
-    overrides = (f"dataset=csv dataset.path={folder} partition.num_clients=2 strategy.num_rounds=2 "
-                 f"model.num_negatives=8 cache_dir={cache}")  # fmt: skip
-    context = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 2}, state=RecordDict(),
-                      run_config={"overrides": overrides})  # fmt: skip
+    overrides = (
+        f"dataset=csv dataset.path={folder} partition.num_clients=2 strategy.num_rounds=2 "
+        f"model.num_negatives=8 cache_dir={cache}"
+    )
+    context = Context(
+        run_id=1,
+        node_id=1,
+        node_config={"partition-id": 0, "num-partitions": 2},
+        state=RecordDict(),
+        run_config={"overrides": overrides},
+    )
     return RecommenderClient(context)
 
 
@@ -214,25 +252,42 @@ def test_the_server_sends_the_catalogue_fingerprint_in_every_fit_and_evaluate_co
         manager.register(Node(cid))
     catalogue = {"items_sha256": "a" * 64, "item_texts_sha256": "b" * 64}
     params = ndarrays_to_parameters([np.zeros(2, dtype=np.float32)])
-    strategy = RecommenderFedAvg(store=RunStore(tmp_path), num_rounds=2, evaluate_every=1, catalogue=catalogue,
-                                 initial_parameters=params, min_fit_clients=2, min_available_clients=2)  # fmt: skip
+    strategy = RecommenderFedAvg(
+        store=RunStore(tmp_path),
+        num_rounds=2,
+        evaluate_every=1,
+        catalogue=catalogue,
+        initial_parameters=params,
+        min_fit_clients=2,
+        min_available_clients=2,
+    )
     fit = strategy.configure_fit(1, params, manager)
     strategy._row["train_loss"] = 0.0  # as aggregate_fit leaves it
     configs = [f.config for _, f in fit] + [e.config for _, e in strategy.configure_evaluate(1, params, manager)]
     configs += [e.config for _, e in strategy.configure_evaluate(2, params, manager)]  # the final, all-client one
-    assert len(configs) == 6 and all(c["items_sha256"] == "a" * 64 and c["item_texts_sha256"] == "b" * 64
-                                     for c in configs)  # fmt: skip
+    assert len(configs) == 6 and all(
+        c["items_sha256"] == "a" * 64 and c["item_texts_sha256"] == "b" * 64 for c in configs
+    )
 
 
 # The acceptance test: a real simulation whose server process is killed (SIGKILL) right after
 # round 1's checkpoint, resumed with resume=true, against an uninterrupted run of the same plan.
-SMALL = ["dataset.num_users=60", "dataset.num_items=40", "dataset.mean_interactions=10", "partition.num_clients=2",
-         "strategy.num_rounds=3", "model.num_negatives=8", "privacy.seeded_noise=true"]  # fmt: skip
+SMALL = [
+    "dataset.num_users=60",
+    "dataset.num_items=40",
+    "dataset.mean_interactions=10",
+    "partition.num_clients=2",
+    "strategy.num_rounds=3",
+    "model.num_negatives=8",
+    "privacy.seeded_noise=true",
+]
 
 
 def ledger_rows(folder: Path) -> dict[str, list[dict]]:
-    return {p.parent.name: [json.loads(line) for line in p.read_text().splitlines()]
-            for p in sorted(folder.glob("client_*/privacy_ledger.jsonl"))}  # fmt: skip
+    return {
+        p.parent.name: [json.loads(line) for line in p.read_text().splitlines()]
+        for p in sorted(folder.glob("client_*/privacy_ledger.jsonl"))
+    }
 
 
 def adapter(run: Path) -> dict[str, np.ndarray]:
@@ -258,11 +313,25 @@ def test_a_run_killed_after_round_one_resumes_and_ends_as_an_uninterrupted_run(t
     cache = f"cache_dir={tmp_path / 'cache'}"
 
     def start(name: str, *extra: str, env_extra: dict | None = None) -> subprocess.Popen:
-        cmd = [sys.executable, "-m", "simulations.run", *SMALL, cache, f"privacy.ledger_dir={tmp_path / name / 'ledgers'}",
-               f"hydra.run.dir={tmp_path / name / 'run'}", *extra]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "simulations.run",
+            *SMALL,
+            cache,
+            f"privacy.ledger_dir={tmp_path / name / 'ledgers'}",
+            f"hydra.run.dir={tmp_path / name / 'run'}",
+            *extra,
+        ]
         # Own process group: the kill takes Ray's workers down with the driver.
-        proc = subprocess.Popen(cmd, cwd=ROOT, env={**env, **(env_extra or {})}, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env={**env, **(env_extra or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         process_groups.append(proc)
         return proc
 
@@ -289,7 +358,8 @@ def test_a_run_killed_after_round_one_resumes_and_ends_as_an_uninterrupted_run(t
     # Killed before any client recorded round 2: otherwise it would (honestly) spend ε twice.
     # (The default: round 1 releases the popularity prior, then takes the first pooled step.)
     assert {c: [(r["round"], r["status"]) for r in rows] for c, rows in before.items()} == {
-        c: [(1, "popularity_prior"), (1, "trained")] for c in ("client_0", "client_1")}
+        c: [(1, "popularity_prior"), (1, "trained")] for c in ("client_0", "client_1")
+    }
 
     resumed = start("resumed", "resume=true")
     # Meanwhile: a completed run with resume=true says so and trains nothing.
@@ -312,7 +382,9 @@ def test_a_run_killed_after_round_one_resumes_and_ends_as_an_uninterrupted_run(t
         assert [r["round"] for r in rows] == [1, 1, 2, 3]
         assert [r["status"] for r in rows] == ["popularity_prior", "trained", "trained", "trained"]
         assert [r["epsilon"] for r in rows] == pytest.approx([r["epsilon"] for r in plain[client]], abs=1e-9)
-        entry, straight_entry = (s["privacy"]["per_client"][client.removeprefix("client_")] for s in (summary, reference))
+        entry, straight_entry = (
+            s["privacy"]["per_client"][client.removeprefix("client_")] for s in (summary, reference)
+        )
         assert entry["epsilon"] == pytest.approx(straight_entry["epsilon"], abs=1e-9)
         assert entry["steps"] == straight_entry["steps"] == rows[-1]["steps_total"]
         history = [(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in rows]
@@ -340,8 +412,11 @@ def test_a_client_whose_ledger_holds_fewer_steps_than_the_server_recorded_refuse
     assert int(again["steps_total"]) == 2 * recorded
     # The same SuperNode with its state wiped (or a resumed run's fresh process): refused.
     wiped = shop_client(folder, tmp_path / "cache")
-    with pytest.raises(PrivacyConfigError, match=rf"client 0: privacy ledger lost or reset: holds 0 steps, the server "
-                                                 rf"recorded {2 * recorded}"):  # fmt: skip
+    with pytest.raises(
+        PrivacyConfigError,
+        match=rf"client 0: privacy ledger lost or reset: holds 0 steps, the server "
+        rf"recorded {2 * recorded}",
+    ):
         wiped.fit(weights, {**config, "server_round": 3, "ledger_steps": json.dumps({"0": 2 * recorded})})
 
 
@@ -360,8 +435,14 @@ def fed_strategy(tmp_path, client_privacy: dict | None = None):
     for cid in ("1", "2"):
         manager.register(Node(cid))
     params = ndarrays_to_parameters([np.zeros(2, dtype=np.float32)])
-    strategy = RecommenderFedAvg(store=RunStore(tmp_path), num_rounds=2, evaluate_every=1, initial_parameters=params,
-                                 min_fit_clients=2, min_available_clients=2)  # fmt: skip
+    strategy = RecommenderFedAvg(
+        store=RunStore(tmp_path),
+        num_rounds=2,
+        evaluate_every=1,
+        initial_parameters=params,
+        min_fit_clients=2,
+        min_available_clients=2,
+    )
     strategy.client_privacy = client_privacy or {}
     return strategy, manager, params
 
@@ -384,8 +465,13 @@ def test_two_clients_reporting_one_client_id_fail_the_round(tmp_path):
     evaluate = [(None, EvaluateRes(ok, 0.0, 10, {"client_id": 3})) for _ in range(2)]
     with pytest.raises(RuntimeError, match="round 1: two clients sent evaluate results as client-id 3"):
         strategy.aggregate_evaluate(1, evaluate, [])
-    distinct = [(None, FitRes(ok, ndarrays_to_parameters([np.ones(2, dtype=np.float32)]), 10,
-                              {"client_id": c, "train_loss": 0.5})) for c in (3, 4)]  # fmt: skip
+    distinct = [
+        (
+            None,
+            FitRes(ok, ndarrays_to_parameters([np.ones(2, dtype=np.float32)]), 10, {"client_id": c, "train_loss": 0.5}),
+        )
+        for c in (3, 4)
+    ]
     strategy.aggregate_fit(1, distinct, [])
     assert strategy._row["clients_ok"] == 2
 

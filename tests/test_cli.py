@@ -17,8 +17,9 @@ def fedrec(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_fedrec_sweeps_tables_and_reports_from_any_directory(tmp_path):
     assert FEDREC.is_file(), "the fedrec script is installed by `pip install -e .` (make install)"
     sweep = tmp_path / "sweep"
-    proc = fedrec("run", "-m", "baseline=popularity", "seed=0,1", "dataset.num_users=80", f"hydra.sweep.dir={sweep}",
-                  cwd=tmp_path)  # fmt: skip
+    proc = fedrec(
+        "run", "-m", "baseline=popularity", "seed=0,1", "dataset.num_users=80", f"hydra.sweep.dir={sweep}", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "sweep run 2/2" in proc.stdout
     runs = sorted(d for d in sweep.iterdir() if d.is_dir())

@@ -8,18 +8,20 @@ from flwr.app import Context, RecordDict
 
 from client.app import LEDGER_KEY, PLAN_KEY, RecommenderClient
 from common.config import compose
+from common.data.run import load_run_data
+from common.model.factory import build_model
 from common.privacy.accounting import independent_epsilon
 from common.privacy.ledger import PrivacyLedger
+from common.privacy.plans import federated_plan
 from common.runs.store import RunStore
 from common.serialization import get_weights
-from common.model.factory import build_model
-from common.privacy.plans import federated_plan
-from common.data.run import load_run_data
 from server.strategy import RecommenderFedAvg
 
 # The per-client DP-SGD path (local noise, plain FedAvg); the default is tested in test_simulation.py.
-OVERRIDES = ("privacy.noise=local secagg=none dataset.num_users=90 dataset.num_items=60 dataset.mean_interactions=12 "
-             "partition.num_clients=3 strategy.num_rounds=3 model.num_negatives=8 train.batch_size=10")
+OVERRIDES = (
+    "privacy.noise=local secagg=none dataset.num_users=90 dataset.num_items=60 dataset.mean_interactions=12 "
+    "partition.num_clients=3 strategy.num_rounds=3 model.num_negatives=8 train.batch_size=10"
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +35,13 @@ def setup(tmp_path_factory):
 
 def test_accountant_persists_in_client_state_and_is_never_reset(setup):
     overrides, cfg, run = setup
-    context = Context(run_id=1, node_id=7, node_config={"partition-id": 1, "num-partitions": 3},
-                      state=RecordDict(), run_config={"overrides": overrides})
+    context = Context(
+        run_id=1,
+        node_id=7,
+        node_config={"partition-id": 1, "num-partitions": 3},
+        state=RecordDict(),
+        run_config={"overrides": overrides},
+    )
     weights = get_weights(build_model(cfg, run))
     plan = federated_plan(cfg, run, 1)
     eps = []
@@ -57,8 +64,13 @@ def test_accountant_persists_in_client_state_and_is_never_reset(setup):
 
 def test_client_evaluation_returns_sums_and_counts_of_its_users(setup):
     overrides, cfg, run = setup
-    context = Context(run_id=1, node_id=7, node_config={"partition-id": 2, "num-partitions": 3},
-                      state=RecordDict(), run_config={"overrides": overrides})
+    context = Context(
+        run_id=1,
+        node_id=7,
+        node_config={"partition-id": 2, "num-partitions": 3},
+        state=RecordDict(),
+        run_config={"overrides": overrides},
+    )
     _, n, metrics = RecommenderClient(context).evaluate(get_weights(build_model(cfg, run)), {})
     assert n == metrics["count"] == len(run.partitions[2])
     assert 0 <= metrics["ndcg@10_sum"] <= metrics["hr@10_sum"] <= n

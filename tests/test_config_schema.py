@@ -41,7 +41,10 @@ def test_the_schema_has_no_key_that_no_option_has():
 
 REFUSED = [
     # (overrides, what the one line must contain)
-    (["+strategy.num_round=3"], "strategy.num_round=3: fedrec's config has no such key (did you mean strategy.num_rounds?)"),
+    (
+        ["+strategy.num_round=3"],
+        "strategy.num_round=3: fedrec's config has no such key (did you mean strategy.num_rounds?)",
+    ),
     (["strategy.num_round=3"], "did you mean strategy.num_rounds?"),
     (["++privacy.epsilonn=3"], "privacy.epsilonn=3"),
     (["+model.lora_r=4"], "model.lora_r=4: a setting of model=causal_lora or model=lora"),
@@ -80,11 +83,21 @@ def test_bad_config_is_refused_in_one_line_naming_key_and_value(overrides, messa
     assert message in text and "\n" not in text
 
 
-@pytest.mark.parametrize("overrides", [
-    ["privacy.epsilon=inf"], ["privacy.delta=1e-5"], ["privacy=none"], ["strategy.fraction_fit=0.5"],
-    ["model=lora", "model.lora_r=4"], ["secagg.reconstruction_threshold=7"], ["privacy.budget_epsilon=inf"],
-    ["eval.ks=[1,10]"], ["model.decay=0"], ["strategy.num_rounds=1"],
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["privacy.epsilon=inf"],
+        ["privacy.delta=1e-5"],
+        ["privacy=none"],
+        ["strategy.fraction_fit=0.5"],
+        ["model=lora", "model.lora_r=4"],
+        ["secagg.reconstruction_threshold=7"],
+        ["privacy.budget_epsilon=inf"],
+        ["eval.ks=[1,10]"],
+        ["model.decay=0"],
+        ["strategy.num_rounds=1"],
+    ],
+)
 def test_good_values_pass(overrides):
     compose(overrides)
 
@@ -98,17 +111,30 @@ def test_every_combination_of_group_options_composes():
 
 
 def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "FLWR_TELEMETRY_ENABLED": "0",
-           "FEDREC_CACHE": str(tmp_path / "cache")}  # fmt: skip
-    return subprocess.run([sys.executable, "-m", "simulations.run", *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FEDREC_CACHE": str(tmp_path / "cache"),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "simulations.run", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
-@pytest.mark.parametrize("args, message", [
-    (["+strategy.num_round=3"], "did you mean strategy.num_rounds?"),
-    (["privacy.epsilon=abc"], "privacy.epsilon='abc'"),
-    (["-m", "privacy.epsilon=1,abc"], "privacy.epsilon='abc'"),  # every run of a sweep, up front
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["+strategy.num_round=3"], "did you mean strategy.num_rounds?"),
+        (["privacy.epsilon=abc"], "privacy.epsilon='abc'"),
+        (["-m", "privacy.epsilon=1,abc"], "privacy.epsilon='abc'"),  # every run of a sweep, up front
+    ],
+)
 def test_a_refused_command_line_exits_2_with_one_line_and_creates_no_folder(tmp_path, args, message):
     proc = _cli(tmp_path, *args, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert proc.returncode == 2
@@ -118,11 +144,14 @@ def test_a_refused_command_line_exits_2_with_one_line_and_creates_no_folder(tmp_
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "multirun").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["dataset=movielens_100k", "dataset.path=missing-folder"], "missing-folder"),
-    # distributed noise cannot hide one client's sum
-    (["partition.num_clients=1", "dataset.num_users=60", "dataset.num_items=40"], "partition.num_clients=1"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["dataset=movielens_100k", "dataset.path=missing-folder"], "missing-folder"),
+        # distributed noise cannot hide one client's sum
+        (["partition.num_clients=1", "dataset.num_users=60", "dataset.num_items=40"], "partition.num_clients=1"),
+    ],
+)
 def test_a_run_refused_after_loading_its_data_leaves_no_folder(tmp_path, args, message):
     proc = _cli(tmp_path, *args, f"hydra.run.dir={tmp_path / 'run'}")
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -134,7 +163,8 @@ def test_a_refused_run_never_removes_an_earlier_runs_folder(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "summary.json").write_text("{}")
-    proc = _cli(tmp_path, "partition.num_clients=1", "dataset.num_users=60", "dataset.num_items=40",
-                f"hydra.run.dir={run}")  # fmt: skip
+    proc = _cli(
+        tmp_path, "partition.num_clients=1", "dataset.num_users=60", "dataset.num_items=40", f"hydra.run.dir={run}"
+    )
     assert proc.returncode == 2
     assert (run / "summary.json").read_text() == "{}"

@@ -10,9 +10,27 @@ import pytest
 from common.data import DataError, leave_one_out, load_dataset, load_movielens_1m, load_movielens_100k
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-GENRES = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
-          "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
-          "Romance", "Sci-Fi", "Thriller", "War", "Western"]
+GENRES = [
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+]
 
 
 def _flags(*names: str) -> str:
@@ -33,7 +51,11 @@ def write_100k(folder: Path, data_rows: list[str] | None = None, genre_file: boo
         (folder / "u.genre").write_text("".join(f"{g}|{i}\n" for i, g in enumerate(GENRES)) + "\n")
     rows = data_rows or [
         # user 7: ties at t=200 must keep file order (3 then 1), not item-id order (1 then 3)
-        "7\t3\t4\t200", "9\t2\t5\t50", "7\t2\t3\t100", "7\t1\t5\t200", "9\t1\t1\t60",
+        "7\t3\t4\t200",
+        "9\t2\t5\t50",
+        "7\t2\t3\t100",
+        "7\t1\t5\t200",
+        "9\t1\t1\t60",
     ]
     (folder / "u.data").write_text("\n".join(rows) + "\n")
     return folder
@@ -63,7 +85,13 @@ def test_100k_fixture_loads_with_text_attributes_and_file_order_ties(tmp_path):
     assert d.ratings[0].tolist() == [3.0, 4.0, 5.0]
     attrs = d.user_attributes
     assert attrs.loc[0, ["gender", "age", "age_group", "occupation", "zip", "region"]].tolist() == [
-        "M", 24, "18-24", "technician", "85711", "zip8"]
+        "M",
+        24,
+        "18-24",
+        "technician",
+        "85711",
+        "zip8",
+    ]
     assert attrs.loc[1, "region"] == "other"  # non-US postcode
     assert d.stats["items_without_interactions"] == 1
 

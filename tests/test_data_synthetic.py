@@ -44,8 +44,7 @@ def test_text_carries_topic_words(default_data):
     names, topic = d.stats["topic_names"], d.stats["item_topic"]
     from common.data.synthetic import TOPICS
 
-    own = [sum(w.strip(".,").lower() in TOPICS[names[t]] for w in text.split())
-           for text, t in zip(d.item_text, topic)]
+    own = [sum(w.strip(".,").lower() in TOPICS[names[t]] for w in text.split()) for text, t in zip(d.item_text, topic)]
     assert np.mean(own) >= 4  # most of the five content words are the topic's own
 
 

@@ -49,12 +49,14 @@ def test_parquet_folder_with_native_timestamps_matches_csv(tmp_path):
     folder.mkdir()
     pd.read_csv(tmp_path / "a" / "items.csv", dtype=str).to_parquet(folder / "items.parquet")
     when = ["2021-03-01T10:00Z", "2021-03-01T10:00Z", "2021-03-01T10:00Z", "2021-03-01T10:00Z", "2021-02-28"]
-    pd.DataFrame({
-        "user_id": ["alice", "bob", "alice", "alice", "alice"],
-        "item_id": ["Z9", "A1", "A1", "B7", "007"],
-        "timestamp": pd.to_datetime(when, utc=True, format="ISO8601").astype("datetime64[ms, UTC]"),
-        "rating": [5, 4, 3, 4, 2],
-    }).to_parquet(folder / "interactions.parquet")
+    pd.DataFrame(
+        {
+            "user_id": ["alice", "bob", "alice", "alice", "alice"],
+            "item_id": ["Z9", "A1", "A1", "B7", "007"],
+            "timestamp": pd.to_datetime(when, utc=True, format="ISO8601").astype("datetime64[ms, UTC]"),
+            "rating": [5, 4, 3, 4, 2],
+        }
+    ).to_parquet(folder / "interactions.parquet")
     pq = load_interaction_folder(folder)
     assert pq.item_ids == csv.item_ids and pq.user_ids == csv.user_ids
     assert [s.tolist() for s in pq.sequences] == [s.tolist() for s in csv.sequences]
@@ -77,12 +79,18 @@ def test_load_dataset_dispatches_csv(tmp_path):
         ("item_id,title\n1,a\n", INTERACTIONS, r"items\.csv: missing required column 'text'"),
         (ITEMS, "user_id,item_id\nu,A1\n", r"interactions\.csv: missing required column 'timestamp'"),
         (ITEMS, "user_id,item_id,timestamp\nu,A1,5\nu,A1\n", r"interactions\.csv, line 3: expected 3 fields"),
-        (ITEMS, "user_id,item_id,timestamp\n\nu,A1,5\nu,A1,yesterday\n",
-         r"interactions\.csv, line 4: unparsable timestamp 'yesterday'"),
+        (
+            ITEMS,
+            "user_id,item_id,timestamp\n\nu,A1,5\nu,A1,yesterday\n",
+            r"interactions\.csv, line 4: unparsable timestamp 'yesterday'",
+        ),
         (ITEMS, "user_id,item_id,timestamp\nu,A1,5\n,A1,6\n", r"interactions\.csv, line 3: empty user_id"),
         (ITEMS, "user_id,item_id,timestamp,rating\nu,A1,5,x\n", r"interactions\.csv, line 2: rating is not"),
-        (ITEMS, "user_id,item_id,timestamp\nu,A1,5\nu,Q5,6\n",
-         r"interactions\.csv, line 3: item_id 'Q5' is not in items\.csv"),
+        (
+            ITEMS,
+            "user_id,item_id,timestamp\nu,A1,5\nu,Q5,6\n",
+            r"interactions\.csv, line 3: item_id 'Q5' is not in items\.csv",
+        ),
         # items lines count the quoted two-line text of B7 (lines 2-3), as an editor does
         (ITEMS + 'C3,"  ",1\n', INTERACTIONS, r"items\.csv, line 7: empty text"),
         (ITEMS + "A1,Again,2\n", INTERACTIONS, r"items\.csv, line 7: duplicate item_id 'A1' \(first at line 4\)"),
@@ -118,7 +126,8 @@ def test_parquet_problems_name_the_row(tmp_path):
     folder = write(tmp_path / "p")
     (folder / "interactions.csv").unlink()
     pd.DataFrame({"user_id": ["u", "u"], "item_id": ["A1", "B7"], "timestamp": ["5", "noon"]}).to_parquet(
-        folder / "interactions.parquet")
+        folder / "interactions.parquet"
+    )
     with pytest.raises(DataError, match=r"interactions\.parquet, row 2: unparsable timestamp 'noon'"):
         load_interaction_folder(folder)
 
@@ -132,12 +141,15 @@ def test_repeats_are_kept_and_counted_and_rating_is_optional(tmp_path):
 
 
 # --- W2-2: inputs that used to pass silently ------------------------------------------------
-@pytest.mark.parametrize("header, message", [
-    ("user_id,item_id,timestamp,timestamp", "column 'timestamp' appears twice (columns 3 and 4)"),
-    ("user_id,item_id,user_id,timestamp", "column 'user_id' appears twice (columns 1 and 3)"),
-    ("user_id;item_id;timestamp", "is one column: the file is separated by semicolons"),
-    ("user_id\titem_id\ttimestamp", "is one column: the file is separated by tabs"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "header, message",
+    [
+        ("user_id,item_id,timestamp,timestamp", "column 'timestamp' appears twice (columns 3 and 4)"),
+        ("user_id,item_id,user_id,timestamp", "column 'user_id' appears twice (columns 1 and 3)"),
+        ("user_id;item_id;timestamp", "is one column: the file is separated by semicolons"),
+        ("user_id\titem_id\ttimestamp", "is one column: the file is separated by tabs"),
+    ],
+)
 def test_a_repeated_column_or_a_wrong_delimiter_is_refused_naming_file_and_line(tmp_path, header, message):
     sep = ";" if ";" in header else ("\t" if "\t" in header else ",")
     fields = len(header.split(sep))
@@ -162,8 +174,9 @@ def test_missing_value_markers_are_not_ids(tmp_path, token, column):
 def test_an_integer_id_written_as_a_float_is_the_same_id_in_every_file(tmp_path):
     items = "item_id,text\n244.0,Lamp\n245,Desk\n"
     inter = "user_id,item_id,timestamp\n7,244,1\n7.0,245,2\n8,244.00,3\n"
-    d = load_interaction_folder(write(tmp_path / "shop", items=items, inter=inter,
-                                      users="user_id,region\n7.0,north\n8,south\n"))  # fmt: skip
+    d = load_interaction_folder(
+        write(tmp_path / "shop", items=items, inter=inter, users="user_id,region\n7.0,north\n8,south\n")
+    )
     assert d.item_ids == ["244", "245"] and d.user_ids == ["7", "8"]
     assert d.sequences[0].tolist() == [0, 1]  # both of user 7's rows, whatever their spelling
     assert d.user_attributes["region"].tolist() == ["north", "south"]  # attributes not dropped
@@ -173,6 +186,9 @@ def test_an_integer_id_written_as_a_float_is_the_same_id_in_every_file(tmp_path)
 
 def test_a_users_file_that_matches_no_interaction_user_is_refused(tmp_path):
     folder = write(tmp_path / "shop", users="user_id,region\nu-alice,north\nu-bob,west\n")
-    with pytest.raises(DataError, match=r"users.csv: none of its user_ids appear in interactions.csv \(e.g. "
-                                        r"'u-alice' there, 'alice' here\)"):  # fmt: skip
+    with pytest.raises(
+        DataError,
+        match=r"users.csv: none of its user_ids appear in interactions.csv \(e.g. "
+        r"'u-alice' there, 'alice' here\)",
+    ):
         load_interaction_folder(folder)

@@ -15,11 +15,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.deployment import certs
 from common.config import compose
 from common.data import leave_one_out, load_interaction_folder, make_synthetic
-from common.deployment.node import (check_server_plans, deployment_data_block, load_catalogue, load_client_data, load_server_data)
+from common.deployment import certs
 from common.deployment.export import split_for_deployment
+from common.deployment.node import (
+    check_server_plans,
+    deployment_data_block,
+    load_catalogue,
+    load_client_data,
+    load_server_data,
+)
 from common.privacy.accounting import AccountantState, PrivacyConfigError
 from common.privacy.plans import federated_plan
 
@@ -92,11 +98,14 @@ def test_server_loads_only_the_catalogue(folders):
     assert block["users"] == 58 and block["clients"] == 3 and block["items"] == 40
 
 
-@pytest.mark.parametrize("extra, message", [
-    ("secagg=secaggplus privacy.delta=1e-3", "secagg.max_weight"),
-    ("", r"^privacy.delta must be set in a deployment with privacy on"),
-    ("secagg=secaggplus secagg.max_weight=100 privacy.noise=distributed", "distributed is not supported"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ("secagg=secaggplus privacy.delta=1e-3", "secagg.max_weight"),
+        ("", r"^privacy.delta must be set in a deployment with privacy on"),
+        ("secagg=secaggplus secagg.max_weight=100 privacy.noise=distributed", "distributed is not supported"),
+    ],
+)
 def test_server_refuses_what_it_cannot_do_without_users(folders, extra, message):
     cfg = _cfg(folders["catalogue"], extra)
     with pytest.raises((ValueError, PrivacyConfigError), match=message) as err:
@@ -131,15 +140,23 @@ def test_clientapp_uses_node_config_data_device_and_id(folders, tmp_path):
         RecommenderClient(Context(0, 0, {"partition-id": 0}, RecordDict(), {"overrides": overrides}))
 
 
-@pytest.mark.parametrize("extra, message", [
-    ("privacy.epsilon=8", r"max-epsilon=4: the run's budget ε=8 \(privacy.budget_epsilon, else privacy.epsilon\) is over"),
-    ("privacy.epsilon=8 privacy.budget_epsilon=5", "max-epsilon=4: the run's budget ε=5 "),
-    ("privacy=none", "max-epsilon=4: this organisation trains only with privacy.noise=local; the run asks "
-                     "privacy.noise=none"),
-    ("privacy.noise=central privacy.epsilon=2", "privacy.noise=central"),
-    ("privacy.epsilon=4", None),  # at the ceiling: trains
-    ("privacy.epsilon=8 privacy.budget_epsilon=3", None),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (
+            "privacy.epsilon=8",
+            r"max-epsilon=4: the run's budget ε=8 \(privacy.budget_epsilon, else privacy.epsilon\) is over",
+        ),
+        ("privacy.epsilon=8 privacy.budget_epsilon=5", "max-epsilon=4: the run's budget ε=5 "),
+        (
+            "privacy=none",
+            "max-epsilon=4: this organisation trains only with privacy.noise=local; the run asks privacy.noise=none",
+        ),
+        ("privacy.noise=central privacy.epsilon=2", "privacy.noise=central"),
+        ("privacy.epsilon=4", None),  # at the ceiling: trains
+        ("privacy.epsilon=8 privacy.budget_epsilon=3", None),
+    ],
+)
 def test_an_organisations_max_epsilon_overrides_the_coordinators_budget(folders, tmp_path, extra, message):
     from common.deployment.node import check_org_budget
 
@@ -158,8 +175,13 @@ def test_supernode_script_refuses_quotes_in_node_config_values(tmp_path):
     org.mkdir(), data.mkdir()
     (org / "auth.key").write_text(""), (org / "ca.crt").write_text("")
     env = {**os.environ, "FEDREC_VENV": str(BIN.parent)}
-    out = subprocess.run(["bash", str(DEPLOY / "supernode.sh"), "127.0.0.1:1", org, data, tmp_path / "state", "0"],
-                         env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    out = subprocess.run(
+        ["bash", str(DEPLOY / "supernode.sh"), "127.0.0.1:1", org, data, tmp_path / "state", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2 and "quotes and newlines are not allowed in node-config values" in out.stderr
     assert str(data) in out.stderr and not (tmp_path / "state").exists()  # nothing started
 
@@ -169,8 +191,13 @@ def test_stop_script_does_not_signal_a_stale_pid_that_is_not_flower(tmp_path):
     try:
         pidfile = tmp_path / "supernode.pid"
         pidfile.write_text(str(sleeper.pid))
-        out = subprocess.run(["bash", str(DEPLOY / "stop.sh"), pidfile], env={**os.environ, "FEDREC_VENV": str(BIN.parent)},
-                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        out = subprocess.run(
+            ["bash", str(DEPLOY / "stop.sh"), pidfile],
+            env={**os.environ, "FEDREC_VENV": str(BIN.parent)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert out.returncode == 0 and "not running a Flower SuperLink/SuperNode; not signalled" in out.stdout
         assert sleeper.poll() is None and not pidfile.exists()
     finally:
@@ -181,10 +208,17 @@ def test_stop_script_does_not_signal_a_stale_pid_that_is_not_flower(tmp_path):
 def test_wait_for_log_ignores_what_an_earlier_start_wrote(tmp_path):
     log = tmp_path / "x.log"
     log.write_text("SuperNode ID: 1 (the previous start)\n")
-    script = (f'source {DEPLOY / "common.sh"}; start_bg {log} {tmp_path / "x.pid"} sleep 30; '
-              f'wait_for_log {log} {tmp_path / "x.pid"} "SuperNode ID:" 2; rc=$?; kill -- -$(cat {tmp_path / "x.pid"}); exit $rc')
-    out = subprocess.run(["bash", "-c", script], env={**os.environ, "FEDREC_VENV": str(BIN.parent)},
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    script = (
+        f"source {DEPLOY / 'common.sh'}; start_bg {log} {tmp_path / 'x.pid'} sleep 30; "
+        f'wait_for_log {log} {tmp_path / "x.pid"} "SuperNode ID:" 2; rc=$?; kill -- -$(cat {tmp_path / "x.pid"}); exit $rc'
+    )
+    out = subprocess.run(
+        ["bash", "-c", script],
+        env={**os.environ, "FEDREC_VENV": str(BIN.parent)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 1 and "'SuperNode ID:' not in" in out.stderr
 
 
@@ -219,26 +253,49 @@ def test_tls_federation_of_three_supernodes_with_dp_and_secagg(folders, tmp_path
     """3 registered SuperNodes on their own folders run 2 rounds of DP + SecAgg+; an unregistered
     key and a plain-text connection are refused; every process is stopped by PID."""
     certs.generate(tmp_path / "certs", [*ORGS, "intruder"])
-    env = {**os.environ, "FLWR_HOME": str(tmp_path / "flwr"), "FEDREC_VENV": str(BIN.parent),
-           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "FLWR_TELEMETRY_ENABLED": "0",
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "HF_HUB_OFFLINE": "1"}  # fmt: skip
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(tmp_path / "flwr"),
+        "FEDREC_VENV": str(BIN.parent),
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
     port = _free_port()
     link, states = tmp_path / "link", {org: tmp_path / "state" / org for org in ORGS}
     pidfiles = [link / "superlink.pid", *(s / "supernode.pid" for s in states.values())]
     own: list[subprocess.Popen] = []
 
     def sh(*args, **kw) -> subprocess.CompletedProcess:
-        out = subprocess.run([str(a) for a in args], env={**env, **kw}, cwd=ROOT, capture_output=True,
-                             text=True, timeout=120)  # fmt: skip
+        out = subprocess.run(
+            [str(a) for a in args], env={**env, **kw}, cwd=ROOT, capture_output=True, text=True, timeout=120
+        )
         assert out.returncode == 0, f"{args[0]}: {out.stdout}{out.stderr}"
         return out
 
     def refused_node(name: str, *flags) -> subprocess.Popen:
         with open(tmp_path / f"{name}.log", "w") as log:  # the child keeps its own descriptor
-            own.append(subprocess.Popen(
-                [str(BIN / "flower-supernode"), "--superlink", f"127.0.0.1:{port}", "--port", str(_free_port()),
-                 "--max-retries", "2", "--max-wait-time", "20", *map(str, flags)],
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))  # fmt: skip
+            own.append(
+                subprocess.Popen(
+                    [
+                        str(BIN / "flower-supernode"),
+                        "--superlink",
+                        f"127.0.0.1:{port}",
+                        "--port",
+                        str(_free_port()),
+                        "--max-retries",
+                        "2",
+                        "--max-wait-time",
+                        "20",
+                        *map(str, flags),
+                    ],
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
         return own[-1]
 
     try:
@@ -247,19 +304,39 @@ def test_tls_federation_of_three_supernodes_with_dp_and_secagg(folders, tmp_path
         reg = sh(DEPLOY / "register.sh", "fedrec", tmp_path / "certs", *ORGS)
         assert reg.stdout.count("registered successfully") == 3
         for i, org in enumerate(ORGS):
-            sh(DEPLOY / "supernode.sh", f"127.0.0.1:{port}", tmp_path / "certs" / "supernodes" / org, folders[org],
-               states[org], i, DEVICE="cpu", RUNTIME_PORT=str(_free_port()))  # fmt: skip
+            sh(
+                DEPLOY / "supernode.sh",
+                f"127.0.0.1:{port}",
+                tmp_path / "certs" / "supernodes" / org,
+                folders[org],
+                states[org],
+                i,
+                DEVICE="cpu",
+                RUNTIME_PORT=str(_free_port()),
+            )
         intruder = tmp_path / "certs" / "supernodes" / "intruder"
-        unregistered = refused_node("intruder", "--root-certificates", intruder / "ca.crt",
-                                    "--auth-supernode-private-key", intruder / "auth.key")  # fmt: skip
+        unregistered = refused_node(
+            "intruder",
+            "--root-certificates",
+            intruder / "ca.crt",
+            "--auth-supernode-private-key",
+            intruder / "auth.key",
+        )
         plaintext = refused_node("plaintext", "--insecure")
 
         out_dir = tmp_path / "run"
-        overrides = (f"deployment.catalogue={folders['catalogue']} deployment.num_clients=3 strategy.num_rounds=2 "
-                     f"privacy=dp privacy.delta=1e-3 secagg=secaggplus secagg.max_weight=100 output_dir={out_dir}")  # fmt: skip
-        run = subprocess.run([str(BIN / "flwr"), "run", ".", "fedrec", "--stream",
-                              "--run-config", f'overrides="{overrides}"'],
-                             env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)  # fmt: skip
+        overrides = (
+            f"deployment.catalogue={folders['catalogue']} deployment.num_clients=3 strategy.num_rounds=2 "
+            f"privacy=dp privacy.delta=1e-3 secagg=secaggplus secagg.max_weight=100 output_dir={out_dir}"
+        )
+        run = subprocess.run(
+            [str(BIN / "flwr"), "run", ".", "fedrec", "--stream", "--run-config", f'overrides="{overrides}"'],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert run.returncode == 0 and (out_dir / "summary.json").exists(), run.stdout[-4000:] + run.stderr[-2000:]
 
         # Refused: the unregistered key by the SuperLink, the plain-text connection by TLS.

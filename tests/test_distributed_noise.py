@@ -7,9 +7,16 @@ import pytest
 import torch
 
 from common.config import compose
-from common.privacy.distributed import (DistributedPlan, ServerOptimizer, check_protocol, distributed_plan, noisy_gradient_sum, shares_needed)
 from common.model.recommender import FrozenText, TextSeqRec
 from common.privacy.accounting import PrivacyConfigError
+from common.privacy.distributed import (
+    DistributedPlan,
+    ServerOptimizer,
+    check_protocol,
+    distributed_plan,
+    noisy_gradient_sum,
+    shares_needed,
+)
 
 NUM_ITEMS = 40
 

@@ -17,8 +17,7 @@ TEXT = torch.randn(NUM_ITEMS, TEXT_DIM, generator=torch.Generator().manual_seed(
 
 def _model(item_ids: bool = True) -> TextSeqRec:
     torch.manual_seed(0)
-    return TextSeqRec(FrozenText(TEXT), NUM_ITEMS, dim=16, max_len=8, item_ids=item_ids, item_bias=True,
-                      dropout=0.0)  # fmt: skip
+    return TextSeqRec(FrozenText(TEXT), NUM_ITEMS, dim=16, max_len=8, item_ids=item_ids, item_bias=True, dropout=0.0)
 
 
 def _sequences(n_users: int, seed: int = 0) -> list[np.ndarray]:
@@ -76,7 +75,9 @@ def test_ew_per_user_gradients_equal_one_backward_per_user():
     expected = []
     for b in range(4):
         model.zero_grad(set_to_none=True)
-        _per_user_loss(model, inp[b : b + 1], pad[b : b + 1], tgt[b : b + 1], tgt_pad[b : b + 1], neg[b : b + 1]).backward()
+        _per_user_loss(
+            model, inp[b : b + 1], pad[b : b + 1], tgt[b : b + 1], tgt_pad[b : b + 1], neg[b : b + 1]
+        ).backward()
         expected.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
     model.zero_grad(set_to_none=True)
     engine, net, optimizer, _ = _private(model, DPSettings(1.0, 1.0, noise_seed=0))
@@ -124,8 +125,17 @@ def test_empty_poisson_batches_still_take_their_planned_noise_steps(monkeypatch)
     model = _model(item_ids=False)
     before = [p.detach().clone() for p in model.parameters()]
     # 3 users, batch 1: q = 1/3, 3 steps an epoch; P(empty batch) = (2/3)^3 per step.
-    out = train_local(model, _sequences(3), NUM_ITEMS, epochs=10, batch_size=1, lr=1e-2, num_negatives=4,
-                      seed=0, dp=DPSettings(1.0, 1.0, noise_seed=11))  # fmt: skip
+    out = train_local(
+        model,
+        _sequences(3),
+        NUM_ITEMS,
+        epochs=10,
+        batch_size=1,
+        lr=1e-2,
+        num_negatives=4,
+        seed=0,
+        dp=DPSettings(1.0, 1.0, noise_seed=11),
+    )
     assert out["steps"] == 30 == sum(s for _, _, s in out["history"])
     assert {(noise, q) for noise, q, _ in out["history"]} == {(1.0, 1 / 3)}
     assert len(calls) < 30, "no empty batch drawn: pick another noise_seed"

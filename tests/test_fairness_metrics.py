@@ -5,7 +5,21 @@ import math
 import numpy as np
 import pytest
 
-from common.fairness.metrics import (AGE_BUCKETS, MISSING, activity_groups, age_bucket, attribute_groups, client_distribution, coverage_at_k, exposure_gini, get_item_metric, gini, group_gap, groups_summary, long_tail_share)
+from common.fairness.metrics import (
+    AGE_BUCKETS,
+    MISSING,
+    activity_groups,
+    age_bucket,
+    attribute_groups,
+    client_distribution,
+    coverage_at_k,
+    exposure_gini,
+    get_item_metric,
+    gini,
+    group_gap,
+    groups_summary,
+    long_tail_share,
+)
 from common.metrics.ranking import hit_rate, ndcg
 
 # Three users' top-2 lists over a 5-item catalogue; recommended counts per item: [2, 3, 1, 0, 0].
@@ -46,8 +60,17 @@ def test_age_bucket_matches_loader_labels():
     assert AGE_BUCKETS == ML1M_AGE_LABELS and MISSING == MISSING_ATTRIBUTE
     # ML-100K exact ages
     assert [age_bucket(a) for a in (7, 17, 18, 24, 25, 44.5, 49, 50, 55, 56, 73)] == [
-        "Under 18", "Under 18", "18-24", "18-24", "25-34", "35-44", "45-49", "50-55",
-        "50-55", "56+", "56+",
+        "Under 18",
+        "Under 18",
+        "18-24",
+        "18-24",
+        "25-34",
+        "35-44",
+        "45-49",
+        "50-55",
+        "50-55",
+        "56+",
+        "56+",
     ]
     # ML-1M codes are bucket lower bounds and map onto their own label
     assert all(age_bucket(code) == label for code, label in ML1M_AGE_LABELS.items())
@@ -93,8 +116,11 @@ def test_groups_summary_by_hand():
     g = attribute_groups(["M", "F", "M", None])
     out = groups_summary(per_user, g)
     # F: 0 (1 user), M: (1 + 0.5) / 2 = 0.75 (2 users), unknown: 0.25 (1 user)
-    assert out["groups"] == {"F": {"mean": 0.0, "count": 1}, "M": {"mean": 0.75, "count": 2},
-                             "unknown": {"mean": 0.25, "count": 1}}
+    assert out["groups"] == {
+        "F": {"mean": 0.0, "count": 1},
+        "M": {"mean": 0.75, "count": 2},
+        "unknown": {"mean": 0.25, "count": 1},
+    }
     assert out["gap"] == 0.75 and out["best"] == "M" and out["worst"] == "F"
     with_empty = groups_summary(per_user, {**g, "X": []})  # a plain [] is float to numpy
     assert with_empty["gap"] == 0.75 and math.isnan(with_empty["groups"]["X"]["mean"])
@@ -119,8 +145,9 @@ def test_gini_by_hand():
 def test_client_distribution_by_hand():
     out = client_distribution([4.0, 1.0, 3.0, 2.0])
     # mean 2.5, population var (2.25+0.25+0.25+2.25)/4 = 1.25, worst ceil(0.4)=1 client -> 1
-    assert out == pytest.approx({"n": 4, "mean": 2.5, "std": math.sqrt(1.25), "min": 1.0,
-                                 "max": 4.0, "worst10_mean": 1.0, "gini": 0.25})
+    assert out == pytest.approx(
+        {"n": 4, "mean": 2.5, "std": math.sqrt(1.25), "min": 1.0, "max": 4.0, "worst10_mean": 1.0, "gini": 0.25}
+    )
     w = client_distribution([1.0, 2.0, 3.0, 4.0], weights=[1, 1, 1, 5])
     # weighted mean 26/8 = 3.25; var (2.25^2 + 1.25^2 + 0.25^2 + 5 * 0.75^2)/8 = 9.5/8
     assert w["mean"] == 3.25 and w["std"] == pytest.approx(math.sqrt(9.5 / 8))

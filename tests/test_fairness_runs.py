@@ -12,21 +12,30 @@ from flwr.compat.common.recorddict_compat import evaluateres_to_recorddict, reco
 
 from client.app import RecommenderClient
 from common.config import compose
+from common.data.run import load_run_data
 from common.evaluation import evaluate_users
 from common.fairness.groups import EXPOSURE_KEY, fairness_block, fairness_row, top_items
 from common.fairness.metrics import coverage_at_k, exposure_gini, exposure_metrics, long_tail_share
+from common.model.factory import build_model
 from common.runs.store import RunStore
 from common.serialization import get_weights
-from common.model.factory import build_model
-from common.data.run import load_run_data
 from server.app import federated_summary
 from server.strategy import RecommenderFedAvg
 from simulations.run import execute
 
-OVERRIDES = ("dataset.num_users=90 dataset.num_items=60 dataset.mean_interactions=12 "
-             "partition.num_clients=3 strategy.num_rounds=1 model.num_negatives=8 train.batch_size=10")
-SMALL = ["dataset.num_users=90", "dataset.num_items=60", "dataset.mean_interactions=12",
-         "partition.num_clients=3", "strategy.num_rounds=2", "model.num_negatives=16", "train.epochs=2"]  # fmt: skip
+OVERRIDES = (
+    "dataset.num_users=90 dataset.num_items=60 dataset.mean_interactions=12 "
+    "partition.num_clients=3 strategy.num_rounds=1 model.num_negatives=8 train.batch_size=10"
+)
+SMALL = [
+    "dataset.num_users=90",
+    "dataset.num_items=60",
+    "dataset.mean_interactions=12",
+    "partition.num_clients=3",
+    "strategy.num_rounds=2",
+    "model.num_negatives=16",
+    "train.epochs=2",
+]
 
 
 def assert_same(a, b, path="fairness"):
@@ -76,8 +85,10 @@ def test_federated_fairness_equals_the_centralized_computation(small_run, tmp_pa
 
     # Centralized: every user in one evaluation, one code path.
     central = evaluate_users(model, run.split, np.arange(run.split.num_users), groups=run.fairness, **ev)
-    clients = {str(c): {"users": len(rows), **evaluate_users(model, run.split, rows, **ev).means()}
-               for c, rows in enumerate(run.partitions)}  # fmt: skip
+    clients = {
+        str(c): {"users": len(rows), **evaluate_users(model, run.split, rows, **ev).means()}
+        for c, rows in enumerate(run.partitions)
+    }
     expected = fairness_block(central.fairness, clients, run.fairness)
 
     # Federated: each client evaluates its own users and sends sums; the strategy adds them up.
@@ -85,8 +96,13 @@ def test_federated_fairness_equals_the_centralized_computation(small_run, tmp_pa
     strategy._row = {"round": 1}  # what configure_fit starts; this test skips training
     results = []
     for c in range(run.num_clients):
-        context = Context(run_id=1, node_id=c, node_config={"partition-id": c, "num-partitions": 3},
-                          state=RecordDict(), run_config={"overrides": overrides})  # fmt: skip
+        context = Context(
+            run_id=1,
+            node_id=c,
+            node_config={"partition-id": c, "num-partitions": 3},
+            state=RecordDict(),
+            run_config={"overrides": overrides},
+        )
         loss, n, metrics = RecommenderClient(context).evaluate(weights, {})
         assert isinstance(metrics[EXPOSURE_KEY], bytes)
         assert all(isinstance(v, (int, float, bytes)) for v in metrics.values())  # sums and counts only
@@ -100,8 +116,9 @@ def test_federated_fairness_equals_the_centralized_computation(small_run, tmp_pa
     assert_same(expected, summary["fairness"])
     assert summary["fairness"]["users"]["activity"]["advantaged"]["users"] == math.ceil(0.05 * 90)
     row = RunStore(tmp_path).read_metrics()[-1]
-    assert_same(json.loads(json.dumps(fairness_row(expected))),
-                {k: row[k] for k in fairness_row(expected)}, "metrics.jsonl")
+    assert_same(
+        json.loads(json.dumps(fairness_row(expected))), {k: row[k] for k in fairness_row(expected)}, "metrics.jsonl"
+    )
 
 
 def test_a_baseline_summary_has_a_fairness_block_whose_groups_partition_the_users(tmp_path):
@@ -113,7 +130,8 @@ def test_a_baseline_summary_has_a_fairness_block_whose_groups_partition_the_user
     activity = fair["users"]["activity"]
     assert activity["advantaged"]["users"] + activity["disadvantaged"]["users"] == n
     assert activity["gap"]["ndcg@10"] == pytest.approx(
-        activity["advantaged"]["ndcg@10"] - activity["disadvantaged"]["ndcg@10"])
+        activity["advantaged"]["ndcg@10"] - activity["disadvantaged"]["ndcg@10"]
+    )
     run = load_run_data(cfg)
     lengths = np.array([len(t) for t in run.split.train])
     assert (lengths[run.fairness.advantaged] >= activity["threshold"]).all()

@@ -22,7 +22,7 @@ def write_shop(folder: Path, users: int = 60, items: int = 40, seed: int = 0) ->
         w = csv.writer(f)
         w.writerow(["item_id", "text"])
         for i in range(items):
-            w.writerow([f"sku-{i}", " ".join(rng.choice(WORDS[: 6] if i < items // 2 else WORDS[6:], 3))])
+            w.writerow([f"sku-{i}", " ".join(rng.choice(WORDS[:6] if i < items // 2 else WORDS[6:], 3))])
     with open(folder / "interactions.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["user_id", "item_id", "timestamp"])
@@ -42,15 +42,27 @@ def harness(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_a_csv_data_set_sweeps_two_settings_resumes_and_reports(tmp_path):
     shop = write_shop(tmp_path / "shop")
     sweep = tmp_path / "sweep"
-    args = ["-m", "simulations.run", "-m", "dataset=csv", f"dataset.path={shop}", "privacy.epsilon=4,inf",
-            "partition.num_clients=3", "strategy.num_rounds=2", "model.num_negatives=8", f"hydra.sweep.dir={sweep}"]
+    args = [
+        "-m",
+        "simulations.run",
+        "-m",
+        "dataset=csv",
+        f"dataset.path={shop}",
+        "privacy.epsilon=4,inf",
+        "partition.num_clients=3",
+        "strategy.num_rounds=2",
+        "model.num_negatives=8",
+        f"hydra.sweep.dir={sweep}",
+    ]
     proc = harness(*args, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "sweep run 1/2" in proc.stdout and "sweep run 2/2" in proc.stdout
     summaries = {d.name: json.loads((d / "summary.json").read_text()) for d in sorted(sweep.iterdir()) if d.is_dir()}
     assert sorted(summaries) == ["0", "1"]
     private, plain = summaries["0"], summaries["1"]
-    assert private["data"]["dataset"] == "csv:shop" and private["data"]["users"] == 60 and private["data"]["items"] == 40
+    assert (
+        private["data"]["dataset"] == "csv:shop" and private["data"]["users"] == 60 and private["data"]["items"] == 40
+    )
     assert private["privacy"]["enabled"] and private["privacy"]["epsilon_max"] == pytest.approx(4.0, rel=0.02)
     assert not plain["privacy"]["enabled"] and plain["privacy"]["epsilon_max"] is None
     for s in summaries.values():
@@ -67,7 +79,10 @@ def test_a_csv_data_set_sweeps_two_settings_resumes_and_reports(tmp_path):
     assert len(rows) == 2
     by_run = {r["run"]: r for r in rows}
     assert sorted(by_run) == ["0", "1"] and all(r["status"] == "complete" for r in rows)
-    assert float(by_run["0"]["epsilon"]) == pytest.approx(private["privacy"]["epsilon_max"]) and by_run["1"]["epsilon"] == "inf"
+    assert (
+        float(by_run["0"]["epsilon"]) == pytest.approx(private["privacy"]["epsilon_max"])
+        and by_run["1"]["epsilon"] == "inf"
+    )
     for name, summary in (("0", private), ("1", plain)):
         assert float(by_run[name]["ndcg@10"]) == pytest.approx(summary["metrics"]["full"]["ndcg@10"])
         assert by_run[name]["dataset"] == "csv:shop"

@@ -15,8 +15,14 @@ import pytest
 from simulations.interrupt import EXIT_INTERRUPTED
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["dataset.num_users=120", "dataset.num_items=80", "dataset.mean_interactions=15", "partition.num_clients=3",
-        "strategy.num_rounds=12", "model.num_negatives=16"]  # fmt: skip
+TINY = [
+    "dataset.num_users=120",
+    "dataset.num_items=80",
+    "dataset.mean_interactions=15",
+    "partition.num_clients=3",
+    "strategy.num_rounds=12",
+    "model.num_negatives=16",
+]
 
 
 def _session_processes(sid: int) -> list[str]:
@@ -29,9 +35,15 @@ def test_ctrl_c_stops_the_run_in_seconds_and_the_printed_command_resumes_it(tmp_
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "PYTHONPATH": str(ROOT), "FEDREC_CACHE": str(tmp_path / "c")}
     run = tmp_path / "run"
     # Its own session, as a terminal's foreground job: Ctrl-C signals the whole process group.
-    proc = subprocess.Popen([sys.executable, "-m", "simulations.run", *TINY, f"hydra.run.dir={run}"], cwd=tmp_path,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simulations.run", *TINY, f"hydra.run.dir={run}"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     metrics = run / "metrics.jsonl"
     deadline = time.time() + 600
     while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):

@@ -111,8 +111,12 @@ def test_layers_common_never_imports_the_apps_and_the_apps_not_each_other():
 
 
 def test_no_private_name_is_imported_from_another_module():
-    bad = [f"{mod}: {dep}.{name}" for mod, deps in imports(ROOT).items() for dep, name in deps
-           if name and name.startswith("_") and not name.startswith("__")]  # fmt: skip
+    bad = [
+        f"{mod}: {dep}.{name}"
+        for mod, deps in imports(ROOT).items()
+        for dep, name in deps
+        if name and name.startswith("_") and not name.startswith("__")
+    ]
     assert bad == []
 
 
@@ -126,8 +130,12 @@ def test_architecture_lists_every_folder_and_only_real_ones():
     assert listed, "docs/architecture.md lists no folder"
     assert {f for f in listed if not (ROOT / f).is_dir()} == set()
     # every package folder of the project, one level below common/ and simulations/ too
-    real = {p.relative_to(ROOT).as_posix() for pkg in ("common", "simulations")
-            for p in (ROOT / pkg).iterdir() if p.is_dir() and (p / "__init__.py").exists()}  # fmt: skip
+    real = {
+        p.relative_to(ROOT).as_posix()
+        for pkg in ("common", "simulations")
+        for p in (ROOT / pkg).iterdir()
+        if p.is_dir() and (p / "__init__.py").exists()
+    }
     real |= {"conf", "common", "client", "server", "simulations", "benchmarks", "deploy", "docs", "tests"}
     assert real - listed == set()
 
@@ -135,8 +143,14 @@ def test_architecture_lists_every_folder_and_only_real_ones():
 def test_readme_layout_names_the_real_top_level_folders():
     block = (ROOT / "README.md").read_text().split("## Layout", 1)[1].split("```")[1]
     named = {line.split()[0].rstrip("/") for line in block.strip().splitlines() if line.strip()}
-    top = {p.name for p in ROOT.iterdir() if p.is_dir() and not p.name.startswith(".")
-           and p.name not in ("outputs", "multirun", "runs") and not p.name.endswith(".egg-info")}  # fmt: skip
+    top = {
+        p.name
+        for p in ROOT.iterdir()
+        if p.is_dir()
+        and not p.name.startswith(".")
+        and p.name not in ("outputs", "multirun", "runs")
+        and not p.name.endswith(".egg-info")
+    }
     assert named == top
 
 

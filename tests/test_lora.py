@@ -6,8 +6,8 @@ import torch
 
 from common.model.lora_text import LoraText, cached_lower_states
 from common.model.recommender import TextSeqRec
-from common.serialization import get_weights, load_adapter, save_adapter
 from common.privacy.dp_sgd import DPSettings
+from common.serialization import get_weights, load_adapter, save_adapter
 from common.training.local import train_local
 
 WORDS = "space rocket orbit galaxy cake bread oven sugar goal match team ball".split()
@@ -22,8 +22,14 @@ def tiny_lm(tmp_path_factory):
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
     BertTokenizer(str(vocab)).save_pretrained(str(path))
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=5 + len(WORDS), hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=32)
+    config = BertConfig(
+        vocab_size=5 + len(WORDS),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=32,
+    )
     BertModel(config).save_pretrained(str(path))
     return str(path)
 
@@ -53,8 +59,14 @@ def test_only_lora_and_adapter_weights_train_under_dp_and_round_trip(tiny_lm, tm
     n_items = 30
     states, mask = cached_lower_states(_texts(n_items), tiny_lm, 1, 8, cache_dir=tmp_path)
     torch.manual_seed(0)
-    model = TextSeqRec(LoraText(tiny_lm, states, mask, top_layers=1, r=4, alpha=8),
-                       n_items, dim=16, max_len=8, dropout=0.0, item_bias=True)
+    model = TextSeqRec(
+        LoraText(tiny_lm, states, mask, top_layers=1, r=4, alpha=8),
+        n_items,
+        dim=16,
+        max_len=8,
+        dropout=0.0,
+        item_bias=True,
+    )
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     lm_trainable = [n for n in trainable if n.startswith("item.text.")]
     assert lm_trainable and all("lora_" in n for n in lm_trainable)
@@ -70,7 +82,13 @@ def test_only_lora_and_adapter_weights_train_under_dp_and_round_trip(tiny_lm, tm
             assert torch.equal(p, frozen[n]), f"frozen LM weight {n} changed"
     save_adapter(model, {"model": "lora"}, tmp_path / "adapter")
     torch.manual_seed(1)
-    fresh = TextSeqRec(LoraText(tiny_lm, states, mask, top_layers=1, r=4, alpha=8),
-                       n_items, dim=16, max_len=8, dropout=0.0, item_bias=True)
+    fresh = TextSeqRec(
+        LoraText(tiny_lm, states, mask, top_layers=1, r=4, alpha=8),
+        n_items,
+        dim=16,
+        max_len=8,
+        dropout=0.0,
+        item_bias=True,
+    )
     load_adapter(fresh, tmp_path / "adapter")
     assert all(np.array_equal(a, b) for a, b in zip(get_weights(model), get_weights(fresh)))

@@ -179,8 +179,7 @@ def test_merge_of_halves_equals_whole_and_federated_mean_is_exact():
     # Clients of very different sizes send flat dicts; sum/count is the user-weighted mean.
     cuts = [0, 3, 10, 700, 1001]
     records = [
-        MetricSums().add(ranks[i:j]).add(sampled[i:j], prefix="sampled_").to_dict()
-        for i, j in zip(cuts, cuts[1:])
+        MetricSums().add(ranks[i:j]).add(sampled[i:j], prefix="sampled_").to_dict() for i, j in zip(cuts, cuts[1:])
     ]
     for rec in records:
         assert all(isinstance(v, (int, float)) for v in rec.values())

@@ -8,8 +8,8 @@ from common.data.types import LeaveOneOutSplit
 from common.evaluation import evaluate_users
 from common.metrics.ranking import MetricSums
 from common.model.recommender import FrozenText, TextSeqRec
-from common.serialization import get_weights, load_adapter, save_adapter, set_weights
 from common.privacy.dp_sgd import DPSettings
+from common.serialization import get_weights, load_adapter, save_adapter, set_weights
 from common.training.local import left_pad, sample_rate, steps_per_epoch, train_local
 
 NUM_ITEMS, TEXT_DIM = 60, 16
@@ -25,8 +25,9 @@ TEXT = torch.randn(NUM_ITEMS, TEXT_DIM, generator=torch.Generator().manual_seed(
 
 def _model(item_ids: bool = False, dim: int = 16, seed: int = 0, item_bias: bool = True) -> TextSeqRec:
     torch.manual_seed(seed)
-    return TextSeqRec(FrozenText(TEXT), NUM_ITEMS, dim=dim, max_len=10, item_ids=item_ids,
-                      item_bias=item_bias, dropout=0.0)
+    return TextSeqRec(
+        FrozenText(TEXT), NUM_ITEMS, dim=dim, max_len=10, item_ids=item_ids, item_bias=item_bias, dropout=0.0
+    )
 
 
 def test_left_pad_keeps_the_most_recent_items_at_the_end():
@@ -44,8 +45,17 @@ def test_sample_rate_matches_opacus_loader_length():
 def test_every_adapter_weight_changes_after_a_dp_step(item_ids, item_bias):
     model = _model(item_ids, item_bias=item_bias)
     before = [w.copy() for w in get_weights(model)]
-    out = train_local(model, _sequences(40), NUM_ITEMS, epochs=1, batch_size=10, lr=1e-2,
-                      num_negatives=8, seed=0, dp=DPSettings(noise_multiplier=1.0, max_grad_norm=1.0))
+    out = train_local(
+        model,
+        _sequences(40),
+        NUM_ITEMS,
+        epochs=1,
+        batch_size=10,
+        lr=1e-2,
+        num_negatives=8,
+        seed=0,
+        dp=DPSettings(noise_multiplier=1.0, max_grad_norm=1.0),
+    )
     assert out["steps"] == 4
     after = get_weights(model)
     changed = [not np.array_equal(a, b) for a, b in zip(before, after)]
@@ -69,8 +79,17 @@ def test_dp_noise_makes_updates_differ_and_training_reduces_loss_without_dp():
 def test_poisson_sampling_survives_empty_batches():
     # q = 1/3 over 3 users: about 30% of the batches are empty.
     model = _model()
-    out = train_local(model, _sequences(3), NUM_ITEMS, epochs=10, batch_size=1, lr=1e-2,
-                      num_negatives=4, seed=0, dp=DPSettings(1.0, 1.0))
+    out = train_local(
+        model,
+        _sequences(3),
+        NUM_ITEMS,
+        epochs=10,
+        batch_size=1,
+        lr=1e-2,
+        num_negatives=4,
+        seed=0,
+        dp=DPSettings(1.0, 1.0),
+    )
     assert out["steps"] == 30
     assert all(np.isfinite(w).all() for w in get_weights(model))
 
@@ -90,8 +109,10 @@ def test_weights_and_adapter_files_round_trip(tmp_path):
 def test_federated_evaluation_equals_centralized_evaluation():
     seqs = _sequences(50, seed=3)
     split = LeaveOneOutSplit(
-        users=np.arange(50), train=[s[:-2] for s in seqs],
-        valid=np.array([s[-2] for s in seqs]), test=np.array([s[-1] for s in seqs]),
+        users=np.arange(50),
+        train=[s[:-2] for s in seqs],
+        valid=np.array([s[-2] for s in seqs]),
+        test=np.array([s[-1] for s in seqs]),
         num_items=NUM_ITEMS,
     )
     model = _model()
@@ -99,9 +120,7 @@ def test_federated_evaluation_equals_centralized_evaluation():
     rows = np.arange(50)
     central = evaluate_users(model, split, rows, "test", 20, seed=7).means()
     parts = [rows[:7], rows[7:30], rows[30:]]
-    merged = MetricSums.aggregate(
-        evaluate_users(model, split, p, "test", 20, seed=7).to_dict() for p in parts
-    ).means()
+    merged = MetricSums.aggregate(evaluate_users(model, split, p, "test", 20, seed=7).to_dict() for p in parts).means()
     assert merged.keys() == central.keys()
     for k in central:
         assert merged[k] == pytest.approx(central[k], abs=1e-12), k
@@ -141,8 +160,17 @@ def test_opacus_per_user_gradients_equal_single_user_autograd():
 
 def test_training_reports_the_mechanism_opacus_accounted():
     model = _model()
-    out = train_local(model, _sequences(40), NUM_ITEMS, epochs=2, batch_size=10, lr=1e-2,
-                      num_negatives=4, seed=0, dp=DPSettings(1.3, 1.0))
+    out = train_local(
+        model,
+        _sequences(40),
+        NUM_ITEMS,
+        epochs=2,
+        batch_size=10,
+        lr=1e-2,
+        num_negatives=4,
+        seed=0,
+        dp=DPSettings(1.3, 1.0),
+    )
     # One entry per step: σ and q exactly as planned (q = 1/ceil(40/10)), 8 steps in all.
     assert sum(steps for _, _, steps in out["history"]) == out["steps"] == 8
     assert {(noise, q) for noise, q, _ in out["history"]} == {(1.3, 0.25)}

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from common.config import compose
+from common.config.checks import check_placement
 from common.data import load_dataset
 from common.data.split import leave_one_out
-from common.privacy.distributed import distributed_plan
 from common.privacy.accounting import AccountantState, PrivacyConfigError, independent_epsilon
+from common.privacy.distributed import distributed_plan
 from common.privacy.popularity_prior import noisy_share, popularity_prior_plan, prior_logits, user_counts
-from common.config.checks import check_placement
 from tests.conftest import SHARED_DATA
 
 
@@ -131,8 +131,8 @@ def test_the_summed_loss_coordinate_estimates_the_mean_training_loss():
     into the users' mean loss computed independently."""
     import torch
 
-    from common.privacy.distributed import DistributedPlan, noisy_gradient_sum
     from common.model.recommender import FrozenText, TextSeqRec
+    from common.privacy.distributed import DistributedPlan, noisy_gradient_sum
     from common.training.local import user_loss
 
     torch.manual_seed(0)
@@ -157,13 +157,23 @@ def test_the_summed_loss_coordinate_estimates_the_mean_training_loss():
 def test_the_printed_protection_line_names_placement_guarantee_and_secagg():
     from simulations.table import protection_line
 
-    summary = {"kind": "federated", "privacy": {"enabled": True, "epsilon_max": 7.99, "delta": 1e-4,
-               "noise_placement": "distributed", "popularity_prior": {"released": True}},
-               "secure_aggregation": {"protocol": "secagg+", "threshold_clients": 6, "num_shares_clients": 10}}  # fmt: skip
+    summary = {
+        "kind": "federated",
+        "privacy": {
+            "enabled": True,
+            "epsilon_max": 7.99,
+            "delta": 1e-4,
+            "noise_placement": "distributed",
+            "popularity_prior": {"released": True},
+        },
+        "secure_aggregation": {"protocol": "secagg+", "threshold_clients": 6, "num_shares_clients": 10},
+    }
     line = protection_line(summary)
     assert "ε=7.99, δ=1e-04" in line and "distributed noise + DP popularity prior" in line
     assert "SecAgg+" in line and "6 of 10" in line
     # A run whose every round failed has spent nothing and says so instead of crashing.
     summary["privacy"].update(epsilon_max=None, delta=None)
     summary["secure_aggregation"] = None
-    assert "nothing spent yet" in protection_line(summary) and "server sees each client's update" in protection_line(summary)
+    assert "nothing spent yet" in protection_line(summary) and "server sees each client's update" in protection_line(
+        summary
+    )

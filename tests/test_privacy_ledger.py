@@ -12,18 +12,20 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters
 
 from client.app import RecommenderClient
 from common.config import compose
+from common.data.run import load_run_data
+from common.model.factory import build_model
 from common.privacy.accounting import AccountantState, PrivacyConfigError, independent_epsilon
 from common.privacy.ledger import PrivacyLedger, cross_checked
+from common.privacy.plans import federated_plan
 from common.runs.store import RunStore
 from common.serialization import get_weights
-from common.model.factory import build_model
-from common.privacy.plans import federated_plan
-from common.data.run import load_run_data
 from server.strategy import RecommenderFedAvg
 
 # Local noise without SecAgg+: the per-client DP-SGD ledger (distributed noise: the last tests).
-OVERRIDES = ("privacy.noise=local secagg=none dataset.num_users=90 dataset.num_items=60 dataset.mean_interactions=12 "
-             "partition.num_clients=3 strategy.num_rounds=3 model.num_negatives=8 train.batch_size=10")
+OVERRIDES = (
+    "privacy.noise=local secagg=none dataset.num_users=90 dataset.num_items=60 dataset.mean_interactions=12 "
+    "partition.num_clients=3 strategy.num_rounds=3 model.num_negatives=8 train.batch_size=10"
+)
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +36,24 @@ def setup(tmp_path_factory):
 
 
 def client(overrides: str, state: RecordDict | None = None, node_config: dict | None = None, extra: str = ""):
-    context = Context(run_id=1, node_id=7, node_config={"partition-id": 1, "num-partitions": 3, **(node_config or {})},
-                      state=state if state is not None else RecordDict(), run_config={"overrides": f"{overrides} {extra}"})  # fmt: skip
+    context = Context(
+        run_id=1,
+        node_id=7,
+        node_config={"partition-id": 1, "num-partitions": 3, **(node_config or {})},
+        state=state if state is not None else RecordDict(),
+        run_config={"overrides": f"{overrides} {extra}"},
+    )
     return context
 
 
 def planned_epsilons(cfg, run) -> list[float]:
     plan = federated_plan(cfg, run, 1)
-    return [AccountantState().add(plan.dp.noise_multiplier, plan.sample_rate, k * plan.steps_per_round)
-            .epsilon(plan.delta, "rdp") for k in (1, 2, 3)]  # fmt: skip
+    return [
+        AccountantState()
+        .add(plan.dp.noise_multiplier, plan.sample_rate, k * plan.steps_per_round)
+        .epsilon(plan.delta, "rdp")
+        for k in (1, 2, 3)
+    ]
 
 
 def test_a_client_refuses_the_round_that_would_exceed_its_budget(setup):
@@ -71,7 +82,10 @@ def test_a_restarted_client_continues_from_its_ledger_on_disk(setup, tmp_path):
     plan = federated_plan(cfg, run, 1)
     assert second["steps_total"] == 2 * plan.steps_per_round and second["epsilon"] > first["epsilon"]
     rows = [json.loads(line) for line in (tmp_path / "org-b" / "privacy_ledger.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in rows] == [1, 2] and [r["epsilon"] for r in rows] == [first["epsilon"], second["epsilon"]]
+    assert [r["round"] for r in rows] == [1, 2] and [r["epsilon"] for r in rows] == [
+        first["epsilon"],
+        second["epsilon"],
+    ]
     history = [(plan.dp.noise_multiplier, plan.sample_rate, 2 * plan.steps_per_round)]
     assert rows[-1]["epsilon_check"] == pytest.approx(independent_epsilon(history, plan.delta, "rdp"), rel=1e-9)
 
@@ -112,17 +126,52 @@ def fit_res(update, n, **metrics):
 
 def test_the_server_averages_only_clients_that_trained_and_records_every_ledger_row(tmp_path):
     initial = [np.zeros(3, dtype=np.float32)]
-    strategy = RecommenderFedAvg(store=RunStore(tmp_path), num_rounds=2, evaluate_every=0,
-                                 initial_parameters=ndarrays_to_parameters(initial))  # fmt: skip
+    strategy = RecommenderFedAvg(
+        store=RunStore(tmp_path), num_rounds=2, evaluate_every=0, initial_parameters=ndarrays_to_parameters(initial)
+    )
     strategy._row = {"round": 1, "clients": 2}
-    common = dict(delta=1e-4, noise_multiplier=1.0, sample_rate=0.5, steps_total=4, budget_epsilon=2.0,
-                  epsilon_check=1.5, agree=True, accountant="rdp", check_accountant="dp-accounting rdp")  # fmt: skip
+    common = dict(
+        delta=1e-4,
+        noise_multiplier=1.0,
+        sample_rate=0.5,
+        steps_total=4,
+        budget_epsilon=2.0,
+        epsilon_check=1.5,
+        agree=True,
+        accountant="rdp",
+        check_accountant="dp-accounting rdp",
+    )
     results = [
-        (None, fit_res([np.array([1.0, 2.0, 3.0], dtype=np.float32)], 10, client_id=0, num_users=10, epsilon=1.5,
-                       train_loss=2.0, steps=4, ledger_status="trained", **common)),
-        (None, fit_res([np.zeros(3, dtype=np.float32)], 0, client_id=1, num_users=7, epsilon=1.9, train_loss=float("nan"),
-                       steps=0, ledger_status="refused_budget", budget_refused=True, **common)),
-    ]  # fmt: skip
+        (
+            None,
+            fit_res(
+                [np.array([1.0, 2.0, 3.0], dtype=np.float32)],
+                10,
+                client_id=0,
+                num_users=10,
+                epsilon=1.5,
+                train_loss=2.0,
+                steps=4,
+                ledger_status="trained",
+                **common,
+            ),
+        ),
+        (
+            None,
+            fit_res(
+                [np.zeros(3, dtype=np.float32)],
+                0,
+                client_id=1,
+                num_users=7,
+                epsilon=1.9,
+                train_loss=float("nan"),
+                steps=0,
+                ledger_status="refused_budget",
+                budget_refused=True,
+                **common,
+            ),
+        ),
+    ]
     params, _ = strategy.aggregate_fit(1, results, [])
     # The refused client's weight-0 zeros do not dilute the average.
     np.testing.assert_allclose(parameters_to_ndarrays(params)[0], [1.0, 2.0, 3.0])
@@ -138,8 +187,10 @@ def test_the_server_averages_only_clients_that_trained_and_records_every_ledger_
 
 
 def ledger_rows(folder):
-    return {p.parent.name: [json.loads(line) for line in p.read_text().splitlines()]
-            for p in sorted(folder.glob("client_*/privacy_ledger.jsonl"))}  # fmt: skip
+    return {
+        p.parent.name: [json.loads(line) for line in p.read_text().splitlines()]
+        for p in sorted(folder.glob("client_*/privacy_ledger.jsonl"))
+    }
 
 
 @pytest.mark.slow
@@ -153,15 +204,30 @@ def test_a_killed_run_restarts_from_the_ledger_and_never_resets_epsilon(tmp_path
 
     root = Path(__file__).resolve().parents[1]
     ledgers = tmp_path / "ledgers"
-    small = ["privacy.noise=local", "secagg=none", "dataset.num_users=90", "dataset.num_items=60", "dataset.mean_interactions=12", "partition.num_clients=3",
-             "strategy.num_rounds=3", "model.num_negatives=8", f"privacy.ledger_dir={ledgers}"]  # fmt: skip
+    small = [
+        "privacy.noise=local",
+        "secagg=none",
+        "dataset.num_users=90",
+        "dataset.num_items=60",
+        "dataset.mean_interactions=12",
+        "partition.num_clients=3",
+        "strategy.num_rounds=3",
+        "model.num_negatives=8",
+        f"privacy.ledger_dir={ledgers}",
+    ]
     env = {**os.environ, "FEDREC_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(root)}
 
     def start(name, **extra_env):
         cmd = [sys.executable, "-m", "simulations.run", *small, f"hydra.run.dir={tmp_path / name}"]
         # Own process group: the kill takes Ray's workers down with the driver.
-        return subprocess.Popen(cmd, cwd=root, env={**env, **extra_env}, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+        return subprocess.Popen(
+            cmd,
+            cwd=root,
+            env={**env, **extra_env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
 
     # The server SIGKILLs itself right after round 1 (fault injection): a kill from here once
     # round 1's metrics appear raced the now fast rounds 2 and 3 of this tiny run.

@@ -7,16 +7,20 @@ import pytest
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
 from common.config import compose
+from common.config.checks import check_strategy
 from common.fairness.qffl import qffl_step
 from common.runs.store import RunStore
-from common.config.checks import check_strategy
 from server.strategy import RecommenderFedAvg
 from tests.test_simulation import SMALL, run_cli
 
 
 def fit_res(update, loss_before, cid):
-    return FitRes(Status(Code.OK, ""), ndarrays_to_parameters(update), 10,
-                  {"client_id": cid, "num_users": 10, "train_loss": 1.0, "loss_before": loss_before})  # fmt: skip
+    return FitRes(
+        Status(Code.OK, ""),
+        ndarrays_to_parameters(update),
+        10,
+        {"client_id": cid, "num_users": 10, "train_loss": 1.0, "loss_before": loss_before},
+    )
 
 
 def test_the_server_takes_the_qffl_step_on_the_clients_models(tmp_path):
@@ -24,10 +28,17 @@ def test_the_server_takes_the_qffl_step_on_the_clients_models(tmp_path):
 
     old = [np.array([0.5, -1.0], dtype=np.float32), np.array([[2.0]], dtype=np.float32)]
     # The clients' trained models; what they send is update(local, global), as client/app.py does.
-    local = [[np.array([1.5, -1.0], dtype=np.float32), np.array([[2.5]], dtype=np.float32)],
-             [np.array([-0.5, 1.0], dtype=np.float32), np.array([[2.0]], dtype=np.float32)]]  # fmt: skip
-    strategy = RecommenderFedAvg(store=RunStore(tmp_path), num_rounds=1, evaluate_every=0, qffl=(2.0, 10.0),
-                                 initial_parameters=ndarrays_to_parameters(old))  # fmt: skip
+    local = [
+        [np.array([1.5, -1.0], dtype=np.float32), np.array([[2.5]], dtype=np.float32)],
+        [np.array([-0.5, 1.0], dtype=np.float32), np.array([[2.0]], dtype=np.float32)],
+    ]
+    strategy = RecommenderFedAvg(
+        store=RunStore(tmp_path),
+        num_rounds=1,
+        evaluate_every=0,
+        qffl=(2.0, 10.0),
+        initial_parameters=ndarrays_to_parameters(old),
+    )
     strategy._row = {"round": 1, "clients": 2}
     results = [(None, fit_res(update(local[0], old), 4.0, 0)), (None, fit_res(update(local[1], old), 1.0, 1))]
     params, _ = strategy.aggregate_fit(1, results, [])
@@ -41,13 +52,16 @@ def test_the_server_takes_the_qffl_step_on_the_clients_models(tmp_path):
     assert strategy._row["qffl_clients"] == 2
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["secagg=secaggplus"], "secagg"),
-    (["privacy.noise=central", "secagg=none"], "privacy.noise=central"),
-    (["strategy.q=-1"], "strategy.q=-1"),
-    (["strategy.q=inf"], "strategy.q=inf"),
-    (["privacy.noise=distributed", "secagg=secaggplus"], "secagg|distributed"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["secagg=secaggplus"], "secagg"),
+        (["privacy.noise=central", "secagg=none"], "privacy.noise=central"),
+        (["strategy.q=-1"], "strategy.q=-1"),
+        (["strategy.q=inf"], "strategy.q=inf"),
+        (["privacy.noise=distributed", "secagg=secaggplus"], "secagg|distributed"),
+    ],
+)
 def test_qfedavg_refuses_what_hides_or_mis_sizes_per_client_updates(extra, message):
     with pytest.raises(ValueError, match=message):
         check_strategy(compose(["strategy=qfedavg", *extra]))

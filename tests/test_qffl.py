@@ -93,8 +93,13 @@ def test_float32_stays_float32():
     clients = _clients(rng, w, 3, np.float32)
     new = qffl_step(w, clients, [0.5, 1.0, 1.5], q=1.0, lipschitz=10.0)
     assert [layer.dtype for layer in new] == [np.float32, np.float32]
-    expected = qffl_step([a.astype(np.float64) for a in w], [[a.astype(np.float64) for a in c] for c in clients],
-                         [0.5, 1.0, 1.5], q=1.0, lipschitz=10.0)  # fmt: skip
+    expected = qffl_step(
+        [a.astype(np.float64) for a in w],
+        [[a.astype(np.float64) for a in c] for c in clients],
+        [0.5, 1.0, 1.5],
+        q=1.0,
+        lipschitz=10.0,
+    )
     for a, b in zip(new, expected):
         assert b.dtype == np.float64
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
@@ -130,7 +135,13 @@ def test_loss_epsilon_matches_flower():
     ],
 )
 def test_validation(kwargs, match):
-    args = {"weights_before": [np.zeros(2)], "client_weights": [[np.ones(2)], [np.zeros(2)]],
-            "losses": [1.0, 2.0], "q": 1.0, "lipschitz": 1.0, **kwargs}  # fmt: skip
+    args = {
+        "weights_before": [np.zeros(2)],
+        "client_weights": [[np.ones(2)], [np.zeros(2)]],
+        "losses": [1.0, 2.0],
+        "q": 1.0,
+        "lipschitz": 1.0,
+        **kwargs,
+    }
     with pytest.raises(ValueError, match=match):
         qffl_step(**args)

@@ -21,8 +21,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).parent / "ray"
-SMALL = ["dataset.num_users=60", "dataset.num_items=50", "dataset.mean_interactions=10", "model.num_negatives=16",
-         "partition.num_clients=3", "strategy.num_rounds=2", "privacy=none"]  # fmt: skip
+SMALL = [
+    "dataset.num_users=60",
+    "dataset.num_items=50",
+    "dataset.mean_interactions=10",
+    "model.num_negatives=16",
+    "partition.num_clients=3",
+    "strategy.num_rounds=2",
+    "privacy=none",
+]
 
 
 def _free_port() -> int:
@@ -45,8 +52,10 @@ def _wait_for(address: str, env: dict, head: subprocess.Popen, timeout: float = 
 
 def _actor_classes(address: str, env: dict) -> list[str]:
     """Class names of every actor the cluster's control store knows, dead ones included."""
-    code = ("import json, ray; from ray._private.state import actors; ray.init(address=%r, logging_level='ERROR'); "
-            "print(json.dumps([a['ActorClassName'] for a in actors().values()]))") % address  # fmt: skip
+    code = (
+        "import json, ray; from ray._private.state import actors; ray.init(address=%r, logging_level='ERROR'); "
+        "print(json.dumps([a['ActorClassName'] for a in actors().values()]))"
+    ) % address
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -60,18 +69,41 @@ def test_simulation_runs_on_an_existing_ray_cluster(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "FLWR_TELEMETRY_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)  # the run must get its address from the override
     head = subprocess.Popen(
-        [str(RAY), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-         "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        [
+            str(RAY),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            f"--temp-dir={temp}",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         _wait_for(address, env, head)
         assert "ClientAppActor" not in _actor_classes(address, env)
         proc = subprocess.run(
-            [sys.executable, "-m", "simulations.run", *SMALL, f"simulation.ray_address={address}",
-             f"hydra.run.dir={tmp_path / 'run'}"],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "simulations.run",
+                *SMALL,
+                f"simulation.ray_address={address}",
+                f"hydra.run.dir={tmp_path / 'run'}",
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         log = proc.stdout + proc.stderr
         assert proc.returncode == 0, log[-3000:]
         summary = json.loads((tmp_path / "run" / "summary.json").read_text())

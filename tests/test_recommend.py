@@ -9,18 +9,22 @@ import torch
 import yaml
 
 from common.config import compose
-from common.evaluation import user_scores
-from common.recommend import RecommendError, Recommender, recommend
-from common.serialization import load_adapter
-from common.model.factory import build_model
 from common.data.run import load_run_data
+from common.evaluation import user_scores
+from common.model.factory import build_model
+from common.recommend import Recommender, RecommendError, recommend
+from common.serialization import load_adapter
 from simulations.cli import recommend as recommend_cli
 from simulations.run import execute
 
 SMALL = [
-    "dataset.num_users=90", "dataset.num_items=60", "dataset.mean_interactions=12",
-    "partition.num_clients=3", "model.num_negatives=16", "train.epochs=2",
-]  # fmt: skip
+    "dataset.num_users=90",
+    "dataset.num_items=60",
+    "dataset.mean_interactions=12",
+    "partition.num_clients=3",
+    "model.num_negatives=16",
+    "train.epochs=2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -163,16 +167,29 @@ def write_csv_folder(folder, num_items):
 
 def test_csv_run_reads_the_data_folder_given_with_data(tmp_path, capsys):
     data = write_csv_folder(tmp_path / "shop", num_items=50)
-    cfg = compose([*SMALL[3:], f"cache_dir={tmp_path / 'cache'}", "dataset=csv", f"dataset.path={tmp_path / 'shop'}",
-                   "baseline=centralized", "privacy=none", "device=cpu"])  # fmt: skip
+    cfg = compose(
+        [
+            *SMALL[3:],
+            f"cache_dir={tmp_path / 'cache'}",
+            "dataset=csv",
+            f"dataset.path={tmp_path / 'shop'}",
+            "baseline=centralized",
+            "privacy=none",
+            "device=cpu",
+        ]
+    )
     out = tmp_path / "run"
     execute(cfg, [], out)
     # The data moved: the run's own dataset.path is gone, --data points at the new place.
     shutil.move(tmp_path / "shop", tmp_path / "moved")
     assert recommend_cli.main(["--adapter", str(out), "--user", "u00004", "-k", "3"]) == 2
     assert "shop" in capsys.readouterr().err
-    assert recommend_cli.main(["--adapter", str(out), "--data", str(tmp_path / "moved"), "--user", "u00004",
-                               "-k", "3", "--json"]) == 0  # fmt: skip
+    assert (
+        recommend_cli.main(
+            ["--adapter", str(out), "--data", str(tmp_path / "moved"), "--user", "u00004", "-k", "3", "--json"]
+        )
+        == 0
+    )
     items = json.loads(capsys.readouterr().out)["items"]
     assert len(items) == 3 and not {r["item_id"] for r in items} & {data.item_ids[i] for i in data.sequences[4]}
     # A different catalogue in the folder given: refused, naming both sizes.

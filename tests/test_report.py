@@ -22,18 +22,36 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PLOTS = ("utility_vs_epsilon", "metric_per_round", "per_client", "group_ndcg_vs_epsilon")
 
 BASE = {
-    "seed": 0, "baseline": None, "device": "auto", "output_dir": "/somewhere", "cache_dir": None,
+    "seed": 0,
+    "baseline": None,
+    "device": "auto",
+    "output_dir": "/somewhere",
+    "cache_dir": None,
     "dataset": {"name": "synthetic", "path": None, "num_users": 600, "num_items": 400, "seed": 0},
     "partition": {"scheme": "iid", "num_clients": 10},
     "model": {"name": "projection", "dim": 64, "lm": {"path": None, "max_length": 64}},
-    "privacy": {"enabled": True, "epsilon": 8.0, "delta": None, "lr": 0.01, "max_grad_norm": 1.0,
-                "accountant": "rdp", "noise": "local"},
+    "privacy": {
+        "enabled": True,
+        "epsilon": 8.0,
+        "delta": None,
+        "lr": 0.01,
+        "max_grad_norm": 1.0,
+        "accountant": "rdp",
+        "noise": "local",
+    },
     "secagg": {"enabled": False, "protocol": "none"},
     "strategy": {"name": "fedavg", "num_rounds": 3, "local_epochs": 1, "evaluate_every": 1},
     "train": {"lr": 0.001, "batch_size": 32, "epochs": 20},
-}  # fmt: skip
-PRIVACY_NONE = {"enabled": False, "epsilon": None, "delta": None, "lr": None, "max_grad_norm": None,
-                "accountant": "rdp", "noise": "none"}  # fmt: skip
+}
+PRIVACY_NONE = {
+    "enabled": False,
+    "epsilon": None,
+    "delta": None,
+    "lr": None,
+    "max_grad_norm": None,
+    "accountant": "rdp",
+    "noise": "none",
+}
 
 
 def ndcg_of(scheme: str, eps: float, seed: int) -> float:
@@ -51,17 +69,30 @@ def fairness_of(scheme: str, eps: float, seed: int) -> dict:
     clients = [ndcg + 0.01 * (c - 4.5) for c in range(10)]
     return {
         "users": {
-            "activity": {"advantaged": group(adv, 30), "disadvantaged": group(dis, 570),
-                         "gap": {"ndcg@10": adv - dis, "hr@10": 2 * (adv - dis)}, "threshold": 38, "top_share": 0.05},
-            "gender": {"best": "M", "worst": "F", "gap": {"ndcg@10": 0.01 + 0.001 * seed, "hr@10": 0.02},
-                       "groups": {"F": group(ndcg - 0.005, 290), "M": group(ndcg + 0.005, 310)}},
-            "age": {"best": "25-34", "worst": "56+", "gap": {"ndcg@10": 0.03 + 0.001 * seed, "hr@10": 0.05},
-                    "groups": {"56+": group(ndcg - 0.02, 40), "25-34": group(ndcg + 0.01, 560)}},
+            "activity": {
+                "advantaged": group(adv, 30),
+                "disadvantaged": group(dis, 570),
+                "gap": {"ndcg@10": adv - dis, "hr@10": 2 * (adv - dis)},
+                "threshold": 38,
+                "top_share": 0.05,
+            },
+            "gender": {
+                "best": "M",
+                "worst": "F",
+                "gap": {"ndcg@10": 0.01 + 0.001 * seed, "hr@10": 0.02},
+                "groups": {"F": group(ndcg - 0.005, 290), "M": group(ndcg + 0.005, 310)},
+            },
+            "age": {
+                "best": "25-34",
+                "worst": "56+",
+                "gap": {"ndcg@10": 0.03 + 0.001 * seed, "hr@10": 0.05},
+                "groups": {"56+": group(ndcg - 0.02, 40), "25-34": group(ndcg + 0.01, 560)},
+            },
         },
         "clients": {str(c): {"users": 60, "ndcg@10": v, "hr@10": 0.2} for c, v in enumerate(clients)},
         "client_distribution": client_distribution(clients),
         "items": {"coverage@10": 0.3 + 0.01 * seed, "exposure_gini@10": 0.8 - ndcg, "long_tail_share@10": ndcg / 2},
-    }  # fmt: skip
+    }
 
 
 def write_run(folder: Path, config: dict, summary: dict | None, rows: list[dict]) -> None:
@@ -87,31 +118,50 @@ def federated(folder: Path, scheme: str, eps: float, seed: int) -> None:
         config["privacy"] = dict(PRIVACY_NONE)
     ndcg = ndcg_of(scheme, eps, seed)
     spent = eps * 0.999 if private else None
-    rows = [{"round": r, "train_loss": 4.5 - 0.1 * r, "epsilon_max": spent and spent * r / 3, "seconds": 2.0,
-             "bytes_up_per_client": 1000 * r, "bytes_down_per_client": 2000, "clients": 10, "clients_ok": 10,
-             "eval_ndcg@10": ndcg - 0.01 * (3 - r)} for r in (1, 2, 3)]  # fmt: skip
+    rows = [
+        {
+            "round": r,
+            "train_loss": 4.5 - 0.1 * r,
+            "epsilon_max": spent and spent * r / 3,
+            "seconds": 2.0,
+            "bytes_up_per_client": 1000 * r,
+            "bytes_down_per_client": 2000,
+            "clients": 10,
+            "clients_ok": 10,
+            "eval_ndcg@10": ndcg - 0.01 * (3 - r),
+        }
+        for r in (1, 2, 3)
+    ]
     summary = {
         "kind": "federated",
         "metrics": {"full": {"ndcg@10": ndcg, "hr@10": 2 * ndcg, "mrr": ndcg * 0.9}, "sampled": {"ndcg@10": 0.3}},
         "eval_users": 600,
-        "privacy": {"enabled": private, "epsilon_max": spent, "delta": 1e-4 if private else None,
-                    "mechanism": "dp-sgd per client (local noise)" if private else "none", "per_client": {}},
+        "privacy": {
+            "enabled": private,
+            "epsilon_max": spent,
+            "delta": 1e-4 if private else None,
+            "mechanism": "dp-sgd per client (local noise)" if private else "none",
+            "per_client": {},
+        },
         "timing": {"seconds_total": 6.5, "seconds_per_round": 2.0, "rounds": 3},
         "communication": {"adapter_bytes": 247872},
         "fairness": fairness_of(scheme, eps, seed),
         "data": {"dataset": "synthetic", "users": 600, "items": 400, "clients": 10},
-    }  # fmt: skip
+    }
     write_run(folder, config, summary, rows)
 
 
 def popularity(folder: Path) -> None:
     config = {**copy.deepcopy(BASE), "baseline": "popularity"}  # privacy block still says dp, as real runs do
     summary = {
-        "kind": "popularity", "metrics": {"full": {"ndcg@10": 0.038, "hr@10": 0.08, "mrr": 0.042}, "sampled": {}},
-        "eval_users": 600, "privacy": {"enabled": False, "epsilon_max": None, "delta": None, "mechanism": "none"},
-        "timing": {"seconds_total": 0.03, "seconds_per_round": None, "rounds": 0}, "fairness": {},
+        "kind": "popularity",
+        "metrics": {"full": {"ndcg@10": 0.038, "hr@10": 0.08, "mrr": 0.042}, "sampled": {}},
+        "eval_users": 600,
+        "privacy": {"enabled": False, "epsilon_max": None, "delta": None, "mechanism": "none"},
+        "timing": {"seconds_total": 0.03, "seconds_per_round": None, "rounds": 0},
+        "fairness": {},
         "data": {"dataset": "synthetic", "users": 600, "items": 400, "clients": 10},
-    }  # fmt: skip
+    }
     write_run(folder, config, summary, [{"round": 0, "eval_ndcg@10": 0.038}])
 
 
@@ -128,7 +178,14 @@ def make_sweep(root: Path) -> None:
     popularity(root / "pop")
     crashed = copy.deepcopy(BASE)
     crashed["privacy"]["epsilon"] = 2.0
-    write_run(root / "sweep" / "crashed", crashed, None, [{"round": 1, "train_loss": 4.4}, ])
+    write_run(
+        root / "sweep" / "crashed",
+        crashed,
+        None,
+        [
+            {"round": 1, "train_loss": 4.4},
+        ],
+    )
     (root / "sweep" / "crashed" / "metrics.jsonl").open("a").write('{"round": 2, "train_lo')  # cut mid-line
     # Hydra's own copy of the config is not a run.
     (root / "pop" / ".hydra").mkdir()
@@ -250,9 +307,18 @@ def test_old_or_partial_summaries_give_dashes(tmp_path, capsys):
 
 
 def test_fairness_block_with_an_empty_group_or_odd_entries_gives_dashes(tmp_path):
-    block = {"users": {"activity": {"advantaged": {"ndcg@10": math.nan, "users": 0}, "disadvantaged": {"ndcg@10": 0.1},
-                                    "gap": {"ndcg@10": math.nan}},
-                       "gender": {"gap": None}, "age": "?"}, "items": {"coverage@10": 0.5}}  # fmt: skip
+    block = {
+        "users": {
+            "activity": {
+                "advantaged": {"ndcg@10": math.nan, "users": 0},
+                "disadvantaged": {"ndcg@10": 0.1},
+                "gap": {"ndcg@10": math.nan},
+            },
+            "gender": {"gap": None},
+            "age": "?",
+        },
+        "items": {"coverage@10": 0.5},
+    }
     write_run(tmp_path / "r", BASE, {"kind": "federated", "metrics": {"full": {"ndcg@10": 0.1}}, "fairness": block}, [])
     assert report.main([str(tmp_path)]) == 0
     row = next(csv.DictReader((tmp_path / "results.csv").open()))
@@ -277,9 +343,18 @@ def test_a_folder_of_links_gathers_sweeps_once_each(tmp_path):
     assert sorted(r.config["baseline"] for r in find_runs(gather)) == ["a", "b"]
 
 
-FAIR_COLUMNS = ("activity_adv_ndcg@10", "activity_dis_ndcg@10", "activity_gap_ndcg@10", "worst_attribute",
-                "worst_attribute_gap_ndcg@10", "clients_worst10_ndcg@10", "clients_gini_ndcg@10", "coverage@10",
-                "long_tail_share@10", "exposure_gini@10")  # fmt: skip
+FAIR_COLUMNS = (
+    "activity_adv_ndcg@10",
+    "activity_dis_ndcg@10",
+    "activity_gap_ndcg@10",
+    "worst_attribute",
+    "worst_attribute_gap_ndcg@10",
+    "clients_worst10_ndcg@10",
+    "clients_gini_ndcg@10",
+    "coverage@10",
+    "long_tail_share@10",
+    "exposure_gini@10",
+)
 
 
 def expected_fairness(scheme: str, eps: float, seed: int) -> dict:
@@ -289,11 +364,18 @@ def expected_fairness(scheme: str, eps: float, seed: int) -> dict:
     clients = sorted(ndcg + 0.01 * (c - 4.5) for c in range(10))
     mean = sum(clients) / 10
     gini = sum(abs(a - b) for a in clients for b in clients) / (2 * 10**2 * mean)
-    return {"activity_adv_ndcg@10": adv, "activity_dis_ndcg@10": dis, "activity_gap_ndcg@10": adv - dis,
-            "worst_attribute": "age", "worst_attribute_gap_ndcg@10": 0.03 + 0.001 * seed,
-            "clients_worst10_ndcg@10": clients[0],  # ceil(10 % of 10 clients) = the worst one
-            "clients_gini_ndcg@10": gini, "coverage@10": 0.3 + 0.01 * seed, "long_tail_share@10": ndcg / 2,
-            "exposure_gini@10": 0.8 - ndcg}  # fmt: skip
+    return {
+        "activity_adv_ndcg@10": adv,
+        "activity_dis_ndcg@10": dis,
+        "activity_gap_ndcg@10": adv - dis,
+        "worst_attribute": "age",
+        "worst_attribute_gap_ndcg@10": 0.03 + 0.001 * seed,
+        "clients_worst10_ndcg@10": clients[0],  # ceil(10 % of 10 clients) = the worst one
+        "clients_gini_ndcg@10": gini,
+        "coverage@10": 0.3 + 0.01 * seed,
+        "long_tail_share@10": ndcg / 2,
+        "exposure_gini@10": 0.8 - ndcg,
+    }
 
 
 def fairness_table(md: str) -> dict[str, list[str]]:
@@ -349,9 +431,13 @@ def test_group_ndcg_plot_is_skipped_without_activity_groups(tmp_path):
     old = copy.deepcopy(BASE)
     for eps in (1.0, 8.0):
         old["privacy"]["epsilon"] = eps
-        summary = {"kind": "federated", "metrics": {"full": {"ndcg@10": 0.1}},
-                   "privacy": {"enabled": True, "epsilon_max": eps}, "fairness": {"clients": {"0": {"ndcg@10": 0.1}}}}
-        write_run(tmp_path / f"eps{eps:g}", old, summary, [])  # fmt: skip
+        summary = {
+            "kind": "federated",
+            "metrics": {"full": {"ndcg@10": 0.1}},
+            "privacy": {"enabled": True, "epsilon_max": eps},
+            "fairness": {"clients": {"0": {"ndcg@10": 0.1}}},
+        }
+        write_run(tmp_path / f"eps{eps:g}", old, summary, [])
     assert report.main([str(tmp_path)]) == 0
     md = (tmp_path / "report.md").read_text()
     assert "group_ndcg_vs_epsilon.png not drawn: no run reports NDCG@10 per activity group" in md
@@ -362,12 +448,23 @@ def test_group_ndcg_plot_is_skipped_without_activity_groups(tmp_path):
 
 def test_a_reranked_run_gets_a_second_fairness_row_and_csv_columns(tmp_path):
     def block(adv: float, dis: float) -> dict:
-        return {"users": {"activity": {"advantaged": {"ndcg@10": adv, "users": 5}, "disadvantaged": {"ndcg@10": dis},
-                                       "gap": {"ndcg@10": adv - dis}}}, "items": {"coverage@10": 0.4}}  # fmt: skip
+        return {
+            "users": {
+                "activity": {
+                    "advantaged": {"ndcg@10": adv, "users": 5},
+                    "disadvantaged": {"ndcg@10": dis},
+                    "gap": {"ndcg@10": adv - dis},
+                }
+            },
+            "items": {"coverage@10": 0.4},
+        }
 
     fairness = {**block(0.02, 0.05), "rerank": {"method": "ugf", **block(0.03, 0.045)}}
-    summary = {"kind": "federated", "metrics": {"full": {"ndcg@10": 0.048}, "rerank": {"ndcg@10": 0.046}},
-               "fairness": fairness}  # fmt: skip
+    summary = {
+        "kind": "federated",
+        "metrics": {"full": {"ndcg@10": 0.048}, "rerank": {"ndcg@10": 0.046}},
+        "fairness": fairness,
+    }
     write_run(tmp_path / "r", BASE, summary, [])
     assert report.main([str(tmp_path)]) == 0
     row = next(csv.DictReader((tmp_path / "results.csv").open()))
@@ -388,4 +485,6 @@ def test_a_failed_run_is_listed_with_its_reason(tmp_path):
     (run / "config.yaml").write_text("seed: 0\n")
     (run / "failed.txt").write_text("the final model is not finite (2 of 7 tensors hold NaN or Inf)\n")
     loaded = load_run(tmp_path, run)
-    assert not loaded.complete and loaded.note == "failed: the final model is not finite (2 of 7 tensors hold NaN or Inf)"
+    assert (
+        not loaded.complete and loaded.note == "failed: the final model is not finite (2 of 7 tensors hold NaN or Inf)"
+    )

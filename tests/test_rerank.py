@@ -10,9 +10,9 @@ import pytest
 from scipy.optimize import linprog
 from scipy.sparse import csr_matrix, kron, vstack
 
-from common.metrics.ranking import ndcg
 from common.fairness.lagrangian import best_response as _oracle
 from common.fairness.ugf import gap_after, ugf_rerank, ugf_solve
+from common.metrics.ranking import ndcg
 
 # Hand-worked example: 3 users x 4 candidates, K = 2, NDCG@2 with one relevant item per user.
 # User 0 (advantaged) has its relevant item first; users 1 and 2 have theirs at columns 2 and 3,
@@ -83,10 +83,13 @@ def _random_instance(rng, users, n, n_adv, graded=True):
 # --- the hand-worked example ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("eps, lists, loss", [
-    (0.7, [[0, 1], [10, 12], [20, 21]], 1.0),
-    (0.4, [[1, 2], [10, 11], [20, 21]], 2.0),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "eps, lists, loss",
+    [
+        (0.7, [[0, 1], [10, 12], [20, 21]], 1.0),
+        (0.4, [[1, 2], [10, 11], [20, 21]], 2.0),
+    ],
+)
 def test_hand_worked_example_is_the_brute_force_optimum(eps, lists, loss):
     best, choice = _brute_force(HAND_S, HAND_R, HAND_ADV, 2, eps, "ndcg")
     assert 21.0 - best == pytest.approx(loss)
@@ -165,8 +168,15 @@ def test_upper_bound_is_the_lp_relaxation_optimum():
     eps = abs(c[:, :k].sum()) / 4
     rows = kron(csr_matrix(np.eye(users)), np.ones((1, n)))
     gap_row = csr_matrix(c.reshape(1, -1))
-    lp = linprog(-s.ravel(), A_ub=vstack([gap_row, -gap_row]), b_ub=[eps, eps], A_eq=rows,
-                 b_eq=np.full(users, k), bounds=(0, 1), method="highs")  # fmt: skip
+    lp = linprog(
+        -s.ravel(),
+        A_ub=vstack([gap_row, -gap_row]),
+        b_ub=[eps, eps],
+        A_eq=rows,
+        b_eq=np.full(users, k),
+        bounds=(0, 1),
+        method="highs",
+    )
     assert lp.status == 0
     r = ugf_solve(s, cand, rel, adv, k=k, epsilon=eps, metric="f1")
     assert r.upper_bound == pytest.approx(-lp.fun, rel=1e-9, abs=1e-9)

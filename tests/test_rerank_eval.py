@@ -12,20 +12,29 @@ from omegaconf import OmegaConf
 
 from client.app import RecommenderClient
 from common.config import compose
+from common.data.run import load_run_data
 from common.evaluation import evaluate_scorer, evaluate_users, histories
 from common.fairness.groups import fairness_block, fairness_groups
 from common.fairness.metrics import group_gap
-from common.fairness.rerank_eval import (RerankSettings, candidates_of, client_rerank, expected_ndcg, info_metrics, rerank_users)
+from common.fairness.rerank_eval import (
+    RerankSettings,
+    candidates_of,
+    client_rerank,
+    expected_ndcg,
+    info_metrics,
+    rerank_users,
+)
+from common.model.factory import build_model
 from common.runs.store import RunStore
 from common.serialization import get_weights
-from common.model.factory import build_model
-from common.data.run import load_run_data
 from server.app import federated_summary
 from server.strategy import RecommenderFedAvg
 from tests.test_fairness_runs import assert_same
 
-OVERRIDES = ("dataset.num_users=90 dataset.num_items=60 dataset.mean_interactions=12 partition.num_clients=3 "
-             "strategy.num_rounds=1 model.num_negatives=8 train.batch_size=10 eval.rerank.method=ugf")  # fmt: skip
+OVERRIDES = (
+    "dataset.num_users=90 dataset.num_items=60 dataset.mean_interactions=12 partition.num_clients=3 "
+    "strategy.num_rounds=1 model.num_negatives=8 train.batch_size=10 eval.rerank.method=ugf"
+)
 
 
 def test_expected_ndcg_by_hand():
@@ -98,14 +107,26 @@ def test_rerank_metrics_equal_the_plain_ones_when_nothing_may_be_lost():
     from common.data.types import LeaveOneOutSplit  # a split whose test items are `targets`
 
     users, items = scores.shape
-    split = LeaveOneOutSplit(users=np.arange(users), train=[h[1:] for h in hist],
-                             valid=np.array([h[0] for h in hist]), test=targets, num_items=items, stats={})  # fmt: skip
+    split = LeaveOneOutSplit(
+        users=np.arange(users),
+        train=[h[1:] for h in hist],
+        valid=np.array([h[0] for h in hist]),
+        test=targets,
+        num_items=items,
+        stats={},
+    )
     h, t = histories(split, np.arange(users), "test")
     assert all(set(a) == set(b) for a, b in zip(h, hist)) and (t == targets).all()
     groups = fairness_groups(split)
     assert groups.advantaged.any() and not groups.advantaged.all()
-    out = evaluate_scorer(lambda _h: scores, split, np.arange(users), sampled_negatives=0, groups=groups,
-                          rerank=RerankSettings(30, "model", 0.0))  # fmt: skip
+    out = evaluate_scorer(
+        lambda _h: scores,
+        split,
+        np.arange(users),
+        sampled_negatives=0,
+        groups=groups,
+        rerank=RerankSettings(30, "model", 0.0),
+    )
     means = out.means()
     for m in ("hr@5", "ndcg@5", "hr@10", "ndcg@10"):
         assert means[f"rerank_{m}"] == pytest.approx(means[m])
@@ -126,9 +147,12 @@ def test_a_fixed_epsilon_that_cannot_be_met_is_reported_infeasible():
 
 
 def test_bad_settings_are_named():
-    for bad, key in [({"method": "fair"}, "method"), ({"method": "ugf", "candidates": 10}, "candidates"),
-                     ({"method": "ugf", "relevance": "test"}, "relevance"),
-                     ({"method": "ugf", "max_ndcg_loss": 1.5}, "max_ndcg_loss")]:  # fmt: skip
+    for bad, key in [
+        ({"method": "fair"}, "method"),
+        ({"method": "ugf", "candidates": 10}, "candidates"),
+        ({"method": "ugf", "relevance": "test"}, "relevance"),
+        ({"method": "ugf", "max_ndcg_loss": 1.5}, "max_ndcg_loss"),
+    ]:
         with pytest.raises(ValueError, match=f"eval.rerank.{key}"):
             RerankSettings.from_config(OmegaConf.create(bad))
     assert RerankSettings.from_config(OmegaConf.create({"method": "none"})) is None
@@ -157,8 +181,13 @@ def test_federated_rerank_block_is_the_sum_of_each_clients_own_reranking(tmp_pat
     strategy._row = {"round": 1}
     results = []
     for c in range(run.num_clients):
-        context = Context(run_id=1, node_id=c, node_config={"partition-id": c, "num-partitions": 3},
-                          state=RecordDict(), run_config={"overrides": overrides})  # fmt: skip
+        context = Context(
+            run_id=1,
+            node_id=c,
+            node_config={"partition-id": c, "num-partitions": 3},
+            state=RecordDict(),
+            run_config={"overrides": overrides},
+        )
         loss, num, metrics = RecommenderClient(context).evaluate(weights, {})
         res = EvaluateRes(Status(Code.OK, ""), loss, num, metrics)
         results.append((None, recorddict_to_evaluateres(evaluateres_to_recorddict(res))))

@@ -20,9 +20,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_simulation import run_cli  # noqa: E402
 
 SMALL = [
-    "dataset.num_users=120", "dataset.num_items=80", "dataset.mean_interactions=15",
-    "partition.num_clients=4", "strategy.num_rounds=1", "model.num_negatives=16", "model.dropout=0.0",
-    "privacy.noise=local", "secagg=secaggplus", "privacy.seeded_noise=true",  # reproducible noise: tests only
+    "dataset.num_users=120",
+    "dataset.num_items=80",
+    "dataset.mean_interactions=15",
+    "partition.num_clients=4",
+    "strategy.num_rounds=1",
+    "model.num_negatives=16",
+    "model.dropout=0.0",
+    "privacy.noise=local",
+    "secagg=secaggplus",
+    "privacy.seeded_noise=true",  # reproducible noise: tests only
 ]
 
 
@@ -31,9 +38,9 @@ def reference_mean_update(tmp_path, overrides, clients):
     import torch
 
     from client.app import RecommenderClient
-    from common.serialization import get_weights
-    from common.model.factory import build_model
     from common.data.run import load_run_data
+    from common.model.factory import build_model
+    from common.serialization import get_weights
 
     torch.set_num_threads(1)  # as in the simulation's one-CPU actors
     one_string = " ".join([*overrides, f"cache_dir={tmp_path / 'cache'}"])
@@ -41,8 +48,13 @@ def reference_mean_update(tmp_path, overrides, clients):
     init = get_weights(build_model(cfg, load_run_data(cfg)))
     updates, weights = [], []
     for cid in clients:
-        ctx = Context(run_id=1, node_id=cid + 1, node_config={"partition-id": cid, "num-partitions": 4},
-                      state=RecordDict(), run_config={"overrides": one_string})
+        ctx = Context(
+            run_id=1,
+            node_id=cid + 1,
+            node_config={"partition-id": cid, "num-partitions": 4},
+            state=RecordDict(),
+            run_config={"overrides": one_string},
+        )
         update, n, _ = RecommenderClient(ctx).fit(init, {"server_round": 1})
         updates.append(update)
         weights.append(n)
@@ -53,8 +65,8 @@ def reference_mean_update(tmp_path, overrides, clients):
 
 def adapter(run_dir: Path) -> list[np.ndarray]:
     """The saved adapter's tensors in the model's parameter order (the file sorts by name)."""
-    from common.model.factory import build_model
     from common.data.run import load_run_data
+    from common.model.factory import build_model
 
     cfg = OmegaConf.load(run_dir / "config.yaml")
     names = [n for n, p in build_model(cfg, load_run_data(cfg)).named_parameters() if p.requires_grad]
@@ -100,10 +112,10 @@ def test_too_many_dropouts_fail_the_round_cleanly_and_leave_the_model_unchanged(
     assert not (run / "summary.json").exists() and not (run / "adapter").exists()
     assert (run / "failed.txt").read_text().startswith("no round aggregated")
     cfg = compose(" ".join([*SMALL, "strategy.num_rounds=2", f"cache_dir={tmp_path / 'cache'}"]))
+    from common.data.run import load_run_data
+    from common.model.factory import build_model
     from common.runs.checkpoint import load_checkpoint
     from common.serialization import get_weights
-    from common.model.factory import build_model
-    from common.data.run import load_run_data
 
     init = get_weights(build_model(cfg, load_run_data(cfg)))
     after_round_1 = load_checkpoint(run)  # the state the run continued from after its failed round
@@ -123,10 +135,10 @@ def test_masked_vector_reveals_nothing_while_the_sum_is_exact():
     """Flower's SecAgg+ client masking, run on three clients' quantized updates: each masked
     vector is uncorrelated with its update, and the masks cancel in the sum."""
     from flwr.common.secure_aggregation.crypto.symmetric_encryption import generate_shared_key
-    from flwr.supercore.primitives.asymmetric import generate_key_pairs
     from flwr.common.secure_aggregation.ndarrays_arithmetic import parameters_mod
     from flwr.common.secure_aggregation.quantization import quantize
     from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen
+    from flwr.supercore.primitives.asymmetric import generate_key_pairs
 
     mod = 2**32
     rng = np.random.default_rng(0)
@@ -187,7 +199,11 @@ def test_secagg_benchmark_runs_on_a_tiny_setting_and_prints_its_ratio(tmp_path):
     env = {**os.environ, "FEDREC_CACHE": str(tmp_path / "cache")}
     proc = subprocess.run(
         [sys.executable, "benchmarks/secagg_overhead.py", "--clients", "3", "--rounds", "2", "--users", "60"],
-        cwd=Path(__file__).resolve().parents[1], env=env, capture_output=True, text=True, timeout=600,
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     header, row = proc.stdout.strip().splitlines()[-2:]

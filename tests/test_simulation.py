@@ -15,17 +15,29 @@ from simulations.run import app_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
-    "dataset.num_users=120", "dataset.num_items=80", "dataset.mean_interactions=15",
-    "partition.num_clients=3", "strategy.num_rounds=2", "model.num_negatives=16",
+    "dataset.num_users=120",
+    "dataset.num_items=80",
+    "dataset.mean_interactions=15",
+    "partition.num_clients=3",
+    "strategy.num_rounds=2",
+    "model.num_negatives=16",
 ]
 
 
 def run_cli(tmp_path: Path, *overrides: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "FEDREC_CACHE": str(tmp_path / "cache"), "FLWR_TELEMETRY_ENABLED": "0",
-           "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "FEDREC_CACHE": str(tmp_path / "cache"),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "PYTHONPATH": str(ROOT),
+    }
     return subprocess.run(
         [sys.executable, "-m", "simulations.run", *overrides, f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -143,19 +155,27 @@ def test_flwr_run_cli_runs_the_same_app_from_the_same_conf(tmp_path):
     home = tmp_path / "flwr_home"
     home.mkdir()
     (home / "config.toml").write_text(
-        '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n'
-        "options.num-supernodes = 3\n"
+        '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\noptions.num-supernodes = 3\n'
     )
     out = tmp_path / "run"
     overrides = " ".join([*SMALL, f"output_dir={out}"])
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "FLWR_HOME": str(home), "FEDREC_CACHE": str(tmp_path / "cache"),
-           "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FLWR_TELEMETRY_ENABLED": "0",
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(home),
+        "FEDREC_CACHE": str(tmp_path / "cache"),
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    }
     try:
         proc = subprocess.run(
             [str(bin_dir / "flwr"), "run", ".", "--stream", "--run-config", f'overrides="{overrides}"'],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     finally:
@@ -185,7 +205,9 @@ def test_a_rerun_skips_a_completed_run_of_the_same_config_and_redoes_a_changed_o
 @pytest.mark.slow
 def test_the_same_seed_gives_the_same_metrics(tmp_path):
     def metrics(name, seed):
-        proc = run_cli(tmp_path / name, *SMALL, "baseline=centralized", "privacy=none", "train.epochs=2", f"seed={seed}")
+        proc = run_cli(
+            tmp_path / name, *SMALL, "baseline=centralized", "privacy=none", "train.epochs=2", f"seed={seed}"
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         return json.loads((tmp_path / name / "run" / "summary.json").read_text())["metrics"]
 

@@ -15,8 +15,11 @@ LOCAL = ["privacy.noise=local", "secagg=secaggplus"]
 
 
 def test_secagg_with_one_client_per_round_is_refused_up_front():
-    with pytest.raises(SecAggConfigError, match=r"needs at least 2 clients per round; this run samples 1 of its 1 "
-                                                r"\(partition.num_clients=1"):  # fmt: skip
+    with pytest.raises(
+        SecAggConfigError,
+        match=r"needs at least 2 clients per round; this run samples 1 of its 1 "
+        r"\(partition.num_clients=1",
+    ):
         check_secagg_round(compose(LOCAL), 1)
     # 10 clients but a fraction that samples one (min_fit_clients 1)
     cfg = compose([*LOCAL, "strategy.fraction_fit=0.1", "strategy.min_fit_clients=1"])
@@ -27,8 +30,11 @@ def test_secagg_with_one_client_per_round_is_refused_up_front():
 
 def test_a_threshold_above_the_clients_sampled_is_refused_up_front():
     cfg = compose([*LOCAL, "secagg.reconstruction_threshold=5"])
-    with pytest.raises(SecAggConfigError, match=r"secagg.reconstruction_threshold=5 asks for 5 shares to unmask, "
-                                                r"but each client shares with only 4"):  # fmt: skip
+    with pytest.raises(
+        SecAggConfigError,
+        match=r"secagg.reconstruction_threshold=5 asks for 5 shares to unmask, "
+        r"but each client shares with only 4",
+    ):
         check_secagg_round(cfg, 4)
     check_secagg_round(cfg, 5)
 
@@ -43,12 +49,15 @@ def test_protocol_sizes_follow_flowers_rules():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("secagg, message", [
-    # plain FedAvg: the clients' own refusals reach the server
-    ("none", "fedrec: error: round 1: 3 client(s) failed to train; first: "),
-    # SecAgg+: a refusing client looks like a dropout; no round can aggregate
-    ("secaggplus", "fedrec: error: no round aggregated: 2 of 2 rounds failed secure aggregation"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "secagg, message",
+    [
+        # plain FedAvg: the clients' own refusals reach the server
+        ("none", "fedrec: error: round 1: 3 client(s) failed to train; first: "),
+        # SecAgg+: a refusing client looks like a dropout; no round can aggregate
+        ("secaggplus", "fedrec: error: no round aggregated: 2 of 2 rounds failed secure aggregation"),
+    ],
+)
 def test_a_diverged_run_exits_1_with_one_line_and_no_result(tmp_path, secagg, message):
     proc = run_cli(tmp_path, *SMALL, "privacy=none", f"secagg={secagg}", "train.lr=1e30")  # inf: refused up front
     assert proc.returncode == 1, proc.stderr[-3000:]

@@ -23,15 +23,18 @@ def _res(update, n, cid):
     return (None, FitRes(Status(Code.OK, ""), ndarrays_to_parameters(update), n, {"client_id": cid, "train_loss": 1.0}))
 
 
-@pytest.mark.parametrize("arrays, weight, expected", [
-    (_update(0.1, 0), 5, None),
-    ([np.zeros((3, 2), np.float32)], 5, "tensors) are not the adapter's"),
-    ([np.zeros((2, 3), np.float32), np.zeros(4, np.float32)], 5, "are not the adapter's"),
-    ([np.full((3, 2), np.nan, np.float32), np.zeros(4, np.float32)], 5, "6 NaN/Inf value(s)"),
-    ([np.full((3, 2), 1e30, np.float32), np.zeros(4, np.float32)], 5, "L2 norm 2.449e+30 > the bound 8"),
-    (_update(0.1, 0), 0, "weight (num_examples) 0 is not a positive integer"),
-    (_update(0.1, 0), 10**9, "weight (num_examples) 1000000000 > the cap 100"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "arrays, weight, expected",
+    [
+        (_update(0.1, 0), 5, None),
+        ([np.zeros((3, 2), np.float32)], 5, "tensors) are not the adapter's"),
+        ([np.zeros((2, 3), np.float32), np.zeros(4, np.float32)], 5, "are not the adapter's"),
+        ([np.full((3, 2), np.nan, np.float32), np.zeros(4, np.float32)], 5, "6 NaN/Inf value(s)"),
+        ([np.full((3, 2), 1e30, np.float32), np.zeros(4, np.float32)], 5, "L2 norm 2.449e+30 > the bound 8"),
+        (_update(0.1, 0), 0, "weight (num_examples) 0 is not a positive integer"),
+        (_update(0.1, 0), 10**9, "weight (num_examples) 1000000000 > the cap 100"),
+    ],
+)
 def test_update_problem_names_what_is_wrong(arrays, weight, expected):
     problem = update_problem(arrays, SHAPES, weight, 8.0, 100)
     assert problem is None if expected is None else expected in problem
@@ -45,9 +48,14 @@ def test_a_norm_exactly_at_the_bound_passes_and_no_bound_means_any_norm():
 
 def test_the_mean_leaves_out_hostile_updates_and_equals_the_honest_clients_weighted_mean(tmp_path, caplog):
     init = [np.zeros(s, np.float32) for s in SHAPES]
-    strategy = RecommenderFedAvg(store=RunStore(tmp_path), num_rounds=2, evaluate_every=0,
-                                 initial_parameters=ndarrays_to_parameters(init), update_bound=8.0,
-                                 max_client_weight=100)  # fmt: skip
+    strategy = RecommenderFedAvg(
+        store=RunStore(tmp_path),
+        num_rounds=2,
+        evaluate_every=0,
+        initial_parameters=ndarrays_to_parameters(init),
+        update_bound=8.0,
+        max_client_weight=100,
+    )
     honest = [(_update(0.5, 1), 30, 0), (_update(0.5, 2), 70, 1)]
     hostile = [
         ([np.full(s, np.nan, np.float32) for s in SHAPES], 50, 2),  # garbage
@@ -69,17 +77,27 @@ def test_the_mean_leaves_out_hostile_updates_and_equals_the_honest_clients_weigh
 
 def test_a_round_whose_every_update_is_rejected_leaves_the_model_unchanged(tmp_path):
     init = [np.ones(s, np.float32) for s in SHAPES]
-    strategy = RecommenderFedAvg(store=RunStore(tmp_path), num_rounds=2, evaluate_every=0,
-                                 initial_parameters=ndarrays_to_parameters(init), update_bound=8.0)  # fmt: skip
+    strategy = RecommenderFedAvg(
+        store=RunStore(tmp_path),
+        num_rounds=2,
+        evaluate_every=0,
+        initial_parameters=ndarrays_to_parameters(init),
+        update_bound=8.0,
+    )
     params, _ = strategy.aggregate_fit(1, [_res(_update(1e3, 0), 10, 0)], [])
     assert all(np.array_equal(a, b) for a, b in zip(parameters_to_ndarrays(params), init))
 
 
 def test_an_update_within_the_bound_but_far_above_the_rounds_median_is_scaled_to_ratio_times_the_median(tmp_path):
     init = [np.zeros(s, np.float32) for s in SHAPES]
-    strategy = RecommenderFedAvg(store=RunStore(tmp_path), num_rounds=2, evaluate_every=0,
-                                 initial_parameters=ndarrays_to_parameters(init), update_bound=8.0,
-                                 median_norm_ratio=3.0)  # fmt: skip
+    strategy = RecommenderFedAvg(
+        store=RunStore(tmp_path),
+        num_rounds=2,
+        evaluate_every=0,
+        initial_parameters=ndarrays_to_parameters(init),
+        update_bound=8.0,
+        median_norm_ratio=3.0,
+    )
 
     def unit(seed, norm):
         u = _update(1.0, seed)

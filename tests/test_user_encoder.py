@@ -25,8 +25,9 @@ def test_mean_encoder_state_is_the_recency_weighted_mean_of_the_real_items_so_fa
         real = [j for j in range(6) if not pad[b, j]]
         for t in real:
             seen = [j for j in real if j <= t]
-            w = torch.tensor([1.0 if decay == 0.0 and j == t else (0.0 if decay == 0.0 else decay ** (t - j))
-                              for j in seen])  # fmt: skip
+            w = torch.tensor(
+                [1.0 if decay == 0.0 and j == t else (0.0 if decay == 0.0 else decay ** (t - j)) for j in seen]
+            )
             expected = (w[:, None] * items[b, seen]).sum(0) / w.sum()
             expected = torch.nn.functional.layer_norm(expected, (DIM,))
             assert torch.allclose(out[b, t], expected, atol=1e-5), (b, t)
@@ -55,17 +56,34 @@ def test_unknown_user_encoder_is_named():
 def test_mean_encoder_model_trains_under_dp_sgd_and_every_weight_moves():
     torch.manual_seed(0)
     text = torch.randn(NUM_ITEMS, TEXT_DIM)
-    model = TextSeqRec(FrozenText(text), NUM_ITEMS, dim=DIM, max_len=10, item_bias=True, user_encoder="mean",
-                       decay=0.7, dropout=0.0)  # fmt: skip
+    model = TextSeqRec(
+        FrozenText(text), NUM_ITEMS, dim=DIM, max_len=10, item_bias=True, user_encoder="mean", decay=0.7, dropout=0.0
+    )
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     # Only the item adapter, the final LayerNorm and the bias: no sequence-encoder weights.
-    assert names == ["bias.weight", "item.proj.weight", "item.proj.bias", "item.norm.weight", "item.norm.bias",
-                     "user.norm.weight", "user.norm.bias"]  # fmt: skip
+    assert names == [
+        "bias.weight",
+        "item.proj.weight",
+        "item.proj.bias",
+        "item.norm.weight",
+        "item.norm.bias",
+        "user.norm.weight",
+        "user.norm.bias",
+    ]
     before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
     rng = np.random.default_rng(0)
     seqs = [rng.choice(NUM_ITEMS, size=rng.integers(4, 12), replace=False) for _ in range(30)]
-    train_local(model, seqs, NUM_ITEMS, epochs=1, batch_size=10, lr=1e-2, num_negatives=8, seed=0,
-                dp=DPSettings(noise_multiplier=1.0, max_grad_norm=1.0))  # fmt: skip
+    train_local(
+        model,
+        seqs,
+        NUM_ITEMS,
+        epochs=1,
+        batch_size=10,
+        lr=1e-2,
+        num_negatives=8,
+        seed=0,
+        dp=DPSettings(noise_multiplier=1.0, max_grad_norm=1.0),
+    )
     after = [p.detach() for p in model.parameters() if p.requires_grad]
     assert all(not torch.equal(a, b) for a, b in zip(before, after))
     ids, pad = left_pad(seqs[:3], 10)

@@ -1,8 +1,9 @@
-"""The ``model=causal_lora`` model from a config.
-"""
+"""The ``model=causal_lora`` model from a config."""
 
 from __future__ import annotations
+
 from omegaconf import DictConfig
+
 from common.causal.lm import CausalLoraRec, set_lower_cache_budget
 
 
@@ -12,8 +13,10 @@ def check_causal_config(cfg: DictConfig) -> None:
         raise ValueError("model=causal_lora with privacy.noise=distributed is not supported; use local or central")
     if cfg.partition.scheme == "cross_device":
         # Each client would send its one user's score histogram: that user's held-out label in clear.
-        raise ValueError("model=causal_lora with partition=cross_device is not supported: a one-user client's "
-                         "AUC histogram reveals its user's held-out label")  # fmt: skip
+        raise ValueError(
+            "model=causal_lora with partition=cross_device is not supported: a one-user client's "
+            "AUC histogram reveals its user's held-out label"
+        )
     if cfg.strategy.name == "qfedavg":
         raise ValueError("model=causal_lora with strategy=qfedavg is not supported (no pre-training loss)")
     if cfg.model.gradient_checkpointing and cfg.privacy.enabled and cfg.privacy.noise == "local":
@@ -28,6 +31,15 @@ def build_causal_model(cfg: DictConfig) -> CausalLoraRec:
     m = cfg.model
     if m.get("cache_lower", True):
         set_lower_cache_budget(int(m.get("lower_cache_mb", 2048)))
-    return CausalLoraRec(m.path, int(m.lora_r), int(m.lora_alpha), tuple(m.lora_targets), int(m.top_layers),
-                         int(m.max_tokens), bool(m.gradient_checkpointing), cfg.get("cache_dir"),
-                         bool(m.get("cache_lower", True)), m.get("lower_cache_dir"))  # fmt: skip
+    return CausalLoraRec(
+        m.path,
+        int(m.lora_r),
+        int(m.lora_alpha),
+        tuple(m.lora_targets),
+        int(m.top_layers),
+        int(m.max_tokens),
+        bool(m.gradient_checkpointing),
+        cfg.get("cache_dir"),
+        bool(m.get("cache_lower", True)),
+        m.get("lower_cache_dir"),
+    )

@@ -38,8 +38,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from common.model.item_encoder import default_cache_dir, resolve_lm_path
 from common.causal.prompts import ANSWERS
+from common.model.item_encoder import default_cache_dir, resolve_lm_path
 
 log = logging.getLogger(__name__)
 TINY = "tiny-random"
@@ -146,9 +146,16 @@ def _tiny_random() -> tuple[nn.Module, object]:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(str(resolve_lm_path(None)))  # MiniLM's, shipped by a package
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
-                         pad_token_id=tok.pad_token_id)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        pad_token_id=tok.pad_token_id,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         lm = LlamaForCausalLM(config)
@@ -231,8 +238,10 @@ def _hash_lower(model: CausalLoraRec) -> str:
 
     lm = model.hf.base_model
     tok = model.tokenizer
-    h = hashlib.sha256(f"{LOWER_FORMAT}|{model.split}|{model.max_tokens}|{torch.__version__}|"
-                       f"{transformers.__version__}|{model.hf.config.to_json_string()}".encode())  # fmt: skip
+    h = hashlib.sha256(
+        f"{LOWER_FORMAT}|{model.split}|{model.max_tokens}|{torch.__version__}|"
+        f"{transformers.__version__}|{model.hf.config.to_json_string()}".encode()
+    )
     h.update(repr(sorted(tok.get_vocab().items())).encode())  # same-size tokenizers may still differ
     for module in (lm.embed_tokens, *lm.layers[: model.split]):
         for name, t in module.state_dict().items():
@@ -244,10 +253,19 @@ def _hash_lower(model: CausalLoraRec) -> str:
 class CausalLoraRec(nn.Module):
     """A causal LM with LoRA adapters that scores yes/no preference prompts."""
 
-    def __init__(self, path: str | None, r: int = 8, alpha: int = 16, targets: tuple[str, ...] = ("q_proj", "v_proj"),
-                 top_layers: int = 2, max_tokens: int = 256, gradient_checkpointing: bool = False,
-                 cache_dir: str | None = None, cache_lower: bool = True,
-                 lower_cache_dir: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        path: str | None,
+        r: int = 8,
+        alpha: int = 16,
+        targets: tuple[str, ...] = ("q_proj", "v_proj"),
+        top_layers: int = 2,
+        max_tokens: int = 256,
+        gradient_checkpointing: bool = False,
+        cache_dir: str | None = None,
+        cache_lower: bool = True,
+        lower_cache_dir: str | None = None,
+    ) -> None:
         super().__init__()
         from peft import LoraConfig, get_peft_model
 
@@ -256,8 +274,14 @@ class CausalLoraRec(nn.Module):
         if not 0 < top_layers <= n_layers:
             raise ValueError(f"model.top_layers={top_layers}: the LM has {n_layers} layers")
         lm = copy.deepcopy(base)  # PEFT rewrites the modules it wraps; the cached base stays clean
-        config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=list(targets), bias="none",
-                            layers_to_transform=list(range(n_layers - top_layers, n_layers)))  # fmt: skip
+        config = LoraConfig(
+            r=r,
+            lora_alpha=alpha,
+            lora_dropout=0.0,
+            target_modules=list(targets),
+            bias="none",
+            layers_to_transform=list(range(n_layers - top_layers, n_layers)),
+        )
         self.peft = get_peft_model(lm, config)
         if gradient_checkpointing:
             self.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -299,8 +323,9 @@ class CausalLoraRec(nn.Module):
         else:
             # Positions count real tokens only, so left padding does not shift the prompt.
             position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-            hidden = self.hf.base_model(input_ids=x, attention_mask=attention_mask,
-                                        position_ids=position_ids).last_hidden_state  # fmt: skip
+            hidden = self.hf.base_model(
+                input_ids=x, attention_mask=attention_mask, position_ids=position_ids
+            ).last_hidden_state
         last = hidden[:, -1]
         w = self.hf.get_output_embeddings().weight
         rows = w[[self.yes, self.no]]
@@ -314,8 +339,13 @@ class CausalLoraRec(nn.Module):
 
         lm = self.hf.base_model
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        causal = create_causal_mask(config=lm.config, inputs_embeds=x, attention_mask=attention_mask,
-                                    past_key_values=None, position_ids=position_ids)  # fmt: skip
+        causal = create_causal_mask(
+            config=lm.config,
+            inputs_embeds=x,
+            attention_mask=attention_mask,
+            past_key_values=None,
+            position_ids=position_ids,
+        )
         rotary = lm.rotary_emb(x, position_ids=position_ids)
         for layer in layers:
             x = layer(x, attention_mask=causal, position_embeddings=rotary, position_ids=position_ids)
@@ -396,5 +426,7 @@ class CausalLoraRec(nn.Module):
         result = set_peft_model_state_dict(self.peft, state)
         missing = [k for k in result.missing_keys if "lora_" in k]
         if missing or result.unexpected_keys:
-            raise ValueError(f"{directory}: adapter does not match (missing {missing[:3]}, "
-                             f"unexpected {list(result.unexpected_keys)[:3]})")  # fmt: skip
+            raise ValueError(
+                f"{directory}: adapter does not match (missing {missing[:3]}, "
+                f"unexpected {list(result.unexpected_keys)[:3]})"
+            )

@@ -1,12 +1,12 @@
-"""Re-ranking a ``model=projection`` run's top-N by the causal LM's yes/no score (``model.rerank_run``).
-"""
+"""Re-ranking a ``model=projection`` run's top-N by the causal LM's yes/no score (``model.rerank_run``)."""
 
 from __future__ import annotations
 
-from common.causal.prompts import PromptBuilder, user_ratings
 import numpy as np
 from omegaconf import DictConfig
+
 from common.causal.lm import CausalLoraRec
+from common.causal.prompts import PromptBuilder, user_ratings
 
 
 def rerank_settings(cfg: DictConfig) -> tuple[str, int] | None:
@@ -31,8 +31,9 @@ def _projection_scorer(run_dir: str, dataset: DictConfig):
     return lambda hist: user_scores(rec.model, rec.item_vectors, hist, rec.bias).cpu().numpy()
 
 
-def rerank_ranks(base_scores: np.ndarray, lm_scores: list[np.ndarray], top: np.ndarray, targets: np.ndarray,
-                 hist: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def rerank_ranks(
+    base_scores: np.ndarray, lm_scores: list[np.ndarray], top: np.ndarray, targets: np.ndarray, hist: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
     """0-based ranks of each target (projection alone, after re-ranking its top-N by the LM).
 
     ``top[i]`` is user i's top-N (history excluded, best first), ``lm_scores[i]`` the LM's

@@ -22,17 +22,26 @@ import torch
 from omegaconf import DictConfig
 from torch.nn import functional as F
 
-from common.metrics.auc import AucHistogram
 from common.causal.lm import CausalLoraRec
 from common.causal.prompts import PromptBuilder, user_ratings
 from common.causal.rerank import evaluate_rerank, rerank_settings
+from common.metrics.auc import AucHistogram
 from common.privacy.dp_sgd import DPSettings, make_private
 
 warnings.filterwarnings("ignore", message="Full backward hook is firing")
 
 
-def train_causal(model: CausalLoraRec, run, rows: np.ndarray, cfg: DictConfig, epochs: int, batch_size: int,
-                 lr: float, seed: int, dp: DPSettings | None = None) -> dict:  # fmt: skip
+def train_causal(
+    model: CausalLoraRec,
+    run,
+    rows: np.ndarray,
+    cfg: DictConfig,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    dp: DPSettings | None = None,
+) -> dict:
     """Train the LoRA adapters in place on the users of split rows ``rows``; same return
     value as ``train_local`` (loss, steps, users, Opacus history)."""
     users = [(run.split.train[r], user_ratings(run, r)[: len(run.split.train[r])]) for r in rows]
@@ -72,9 +81,12 @@ def _train(model, users, build, cfg, epochs, batch_size, lr, seed, dp) -> dict:
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=float(cfg.train.weight_decay))
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.arange(len(users))),
-                                         batch_size=batch_size, shuffle=True,
-                                         generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.arange(len(users))),
+        batch_size=batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
     net, engine = model, None
     if dp is not None:
         engine, net, optimizer, loader = make_private(model, optimizer, loader, dp)
@@ -122,8 +134,12 @@ def _train(model, users, build, cfg, epochs, batch_size, lr, seed, dp) -> dict:
     if engine is not None:
         net._close()
         history = [tuple(h) for h in engine.accountant.history]
-    return {"loss": float(np.mean(losses)) if losses else float("nan"), "steps": steps, "users": len(users),
-            "history": history}  # fmt: skip
+    return {
+        "loss": float(np.mean(losses)) if losses else float("nan"),
+        "steps": steps,
+        "users": len(users),
+        "history": history,
+    }
 
 
 def _sum_per_user(params: list[torch.Tensor], owner: torch.Tensor, num_users: int) -> None:
@@ -135,8 +151,15 @@ def _sum_per_user(params: list[torch.Tensor], owner: torch.Tensor, num_users: in
         p.grad_sample = summed.index_add_(0, owner, gs)
 
 
-def evaluate_causal(model: CausalLoraRec, run, rows: np.ndarray, max_history: int, which: str = "test",
-                    batch_size: int = 16, cfg: DictConfig | None = None) -> tuple[dict, float]:  # fmt: skip
+def evaluate_causal(
+    model: CausalLoraRec,
+    run,
+    rows: np.ndarray,
+    max_history: int,
+    which: str = "test",
+    batch_size: int = 16,
+    cfg: DictConfig | None = None,
+) -> tuple[dict, float]:
     """AUC histogram metrics of this client's users and their mean log-loss; with
     ``cfg.model.rerank_run`` also full-ranking sums (:func:`evaluate_rerank`).
 
@@ -167,8 +190,10 @@ def fixed_prompts(run, rows: np.ndarray, cfg: DictConfig, which: tuple[str, ...]
     ``which`` splits and, with ``model.train_targets = K > 0``, each user's training pool."""
     k = int(cfg.model.get("train_targets", 0))
     if k <= 0:
-        raise ValueError("model.train_targets=0 draws training targets from every position; "
-                         "set model.train_targets=K to fix each user's pool of K prompts")  # fmt: skip
+        raise ValueError(
+            "model.train_targets=0 draws training targets from every position; "
+            "set model.train_targets=K to fix each user's pool of K prompts"
+        )
     build = PromptBuilder(run.data.item_text, int(cfg.model.max_history))
     out = [eval_example(run, build, r, w)[0] for w in which for r in rows]
     for r in rows:
@@ -177,5 +202,3 @@ def fixed_prompts(run, rows: np.ndarray, cfg: DictConfig, which: tuple[str, ...]
             liked = user_ratings(run, r)[: len(items)]
             out += [build(items, liked, int(t)) for t in target_pool(items, k)]
     return out
-
-

@@ -128,8 +128,11 @@ def resolve_noise(cfg: DictConfig) -> None:
     if "popularity_prior" in p and p.popularity_prior is None:
         # Baselines train with their own DP-SGD and never release the prior.
         federated = not cfg.get("baseline")
-        p.popularity_prior = default_prior_share(float(p.epsilon)) if federated and p.get("enabled") and \
-            p.noise == "distributed" else 0.0  # fmt: skip
+        p.popularity_prior = (
+            default_prior_share(float(p.epsilon))
+            if federated and p.get("enabled") and p.noise == "distributed"
+            else 0.0
+        )
 
 
 def resolve_threshold(cfg: DictConfig) -> None:

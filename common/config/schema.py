@@ -40,8 +40,14 @@ class Spec:
         if self.kind == "choice":
             words = ", ".join("null" if c is None else str(c) for c in self.choices)
             return f"one of {words}"
-        what = {"int": "an integer", "number": "a number", "bool": "true or false", "text": "a string",
-                "int_list": "a list of integers", "text_list": "a list of strings"}[self.kind]  # fmt: skip
+        what = {
+            "int": "an integer",
+            "number": "a number",
+            "bool": "true or false",
+            "text": "a string",
+            "int_list": "a list of integers",
+            "text_list": "a list of strings",
+        }[self.kind]
         bounds = []
         if self.lo is not None:
             bounds.append(f"{'>' if self.lo_open else '>='} {self.lo:g}")
@@ -86,8 +92,14 @@ def Int(lo: float | None = None, hi: float | None = None, null: bool = False) ->
     return Spec("int", lo, hi, null=null)
 
 
-def Num(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False,  # noqa: N802
-        null: bool = False, inf: bool = False) -> Spec:  # fmt: skip
+def Num(
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    hi_open: bool = False,  # noqa: N802
+    null: bool = False,
+    inf: bool = False,
+) -> Spec:
     return Spec("number", lo, hi, lo_open, hi_open, null=null, inf=inf)
 
 
@@ -243,8 +255,9 @@ def _show(value: Any) -> str:
     return "null" if value is None else (repr(value) if isinstance(value, str) else str(value))
 
 
-def unknown_key(key: str, value: Any, allowed: Iterable[str], owners: list[str] | None = None,
-                raw: bool = False) -> ConfigError:
+def unknown_key(
+    key: str, value: Any, allowed: Iterable[str], owners: list[str] | None = None, raw: bool = False
+) -> ConfigError:
     """The refusal of a key the chosen config does not have: where it belongs, or the nearest
     name. ``raw``: ``value`` is the command line's text, shown as typed."""
     shown = f"{key}={value if raw else _show(value)}"

@@ -18,9 +18,19 @@ from common.data.types import DataError, InteractionData, LeaveOneOutSplit
 DATASETS = ("synthetic", "movielens_100k", "movielens_1m", "csv")
 
 __all__ = [
-    "DATASETS", "SCHEMES", "DataError", "InteractionData", "LeaveOneOutSplit",
-    "attribute_values", "cluster_users", "leave_one_out", "load_dataset",
-    "load_interaction_folder", "load_movielens_100k", "load_movielens_1m", "make_synthetic",
+    "DATASETS",
+    "SCHEMES",
+    "DataError",
+    "InteractionData",
+    "LeaveOneOutSplit",
+    "attribute_values",
+    "cluster_users",
+    "leave_one_out",
+    "load_dataset",
+    "load_interaction_folder",
+    "load_movielens_100k",
+    "load_movielens_1m",
+    "make_synthetic",
     "partition_users",
 ]
 
@@ -40,9 +50,7 @@ def load_dataset(name: str, path: str | Path | None = None, **synthetic_kwargs) 
         raise DataError(f"dataset={name} needs dataset.path=DIR (the folder holding its files)")
     extra = sorted(k for k, v in synthetic_kwargs.items() if v is not None)
     if extra:
-        raise DataError(
-            f"dataset={name} takes only a path; unexpected option(s): {', '.join(extra)}"
-        )
+        raise DataError(f"dataset={name} takes only a path; unexpected option(s): {', '.join(extra)}")
     loader = {
         "movielens_100k": load_movielens_100k,
         "movielens_1m": load_movielens_1m,

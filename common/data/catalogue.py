@@ -1,5 +1,4 @@
-"""The item catalogue's identity: every party must read the same item texts in the same order.
-"""
+"""The item catalogue's identity: every party must read the same item texts in the same order."""
 
 from __future__ import annotations
 
@@ -32,8 +31,7 @@ def catalogue_fingerprint(data: InteractionData) -> dict[str, str]:
         return dict(hit[1])
     texts = hashlib.sha256("\n".join(t.replace("\n", " ") for t in data.item_text).encode()).hexdigest()
     fingerprint = {"items_sha256": items_fingerprint(data.item_ids), "item_texts_sha256": texts}
-    _FINGERPRINTS[id(data)] = (weakref.ref(data, lambda _ref, key=id(data): _FINGERPRINTS.pop(key, None)),
-                               fingerprint)  # fmt: skip
+    _FINGERPRINTS[id(data)] = (weakref.ref(data, lambda _ref, key=id(data): _FINGERPRINTS.pop(key, None)), fingerprint)
     return dict(fingerprint)
 
 

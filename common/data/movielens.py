@@ -19,19 +19,58 @@ GROUPLENS_URL = "https://grouplens.org/datasets/movielens/"
 
 # Used when u.genre is absent; the order matches the 19 flag columns of u.item.
 ML100K_GENRES = [
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
-    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery",
-    "Romance", "Sci-Fi", "Thriller", "War", "Western",
+    "unknown",
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children's",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
 ]
 # ML-1M stores codes; the labels come from its README so fairness tables read naturally.
 ML1M_AGE_LABELS = {
-    1: "Under 18", 18: "18-24", 25: "25-34", 35: "35-44", 45: "45-49", 50: "50-55", 56: "56+",
+    1: "Under 18",
+    18: "18-24",
+    25: "25-34",
+    35: "35-44",
+    45: "45-49",
+    50: "50-55",
+    56: "56+",
 }
 ML1M_OCCUPATIONS = [
-    "other", "academic/educator", "artist", "clerical/admin", "college/grad student",
-    "customer service", "doctor/health care", "executive/managerial", "farmer", "homemaker",
-    "K-12 student", "lawyer", "programmer", "retired", "sales/marketing", "scientist",
-    "self-employed", "technician/engineer", "tradesman/craftsman", "unemployed", "writer",
+    "other",
+    "academic/educator",
+    "artist",
+    "clerical/admin",
+    "college/grad student",
+    "customer service",
+    "doctor/health care",
+    "executive/managerial",
+    "farmer",
+    "homemaker",
+    "K-12 student",
+    "lawyer",
+    "programmer",
+    "retired",
+    "sales/marketing",
+    "scientist",
+    "self-employed",
+    "technician/engineer",
+    "tradesman/craftsman",
+    "unemployed",
+    "writer",
 ]
 
 
@@ -58,8 +97,12 @@ def load_movielens_100k(path: str | Path) -> InteractionData:
     for ln, f in _rows(folder / "u.user", "|", 5):
         age = _int(f[1], folder / "u.user", ln, "age")
         users[_id(f[0], folder / "u.user", ln)] = {
-            "gender": f[2], "age": age, "age_group": _age_group(age), "occupation": f[3],
-            "zip": f[4], "region": _region(f[4]),
+            "gender": f[2],
+            "age": age,
+            "age_group": _age_group(age),
+            "occupation": f[3],
+            "zip": f[4],
+            "region": _region(f[4]),
         }
     return _build("movielens_100k", folder / "u.data", "\t", item_ids, item_text, users)
 
@@ -70,9 +113,7 @@ def load_movielens_1m(path: str | Path) -> InteractionData:
     Same internal form as ML-100K: text "Title (Year). Genres: A, B"; ML-1M's age and
     occupation codes become labels, and ``age`` keeps the code (the bucket's lower bound).
     """
-    folder = _require(
-        path, "MovieLens 1M", "ml-1m.zip", ["ratings.dat", "movies.dat", "users.dat"]
-    )
+    folder = _require(path, "MovieLens 1M", "ml-1m.zip", ["ratings.dat", "movies.dat", "users.dat"])
     item_ids, item_text = [], []
     for ln, f in _rows(folder / "movies.dat", "::", 3):
         item_ids.append(_id(f[0], folder / "movies.dat", ln))
@@ -83,9 +124,12 @@ def load_movielens_1m(path: str | Path) -> InteractionData:
         age = _int(f[2], folder / "users.dat", ln, "age")
         occ = _int(f[3], folder / "users.dat", ln, "occupation")
         users[_id(f[0], folder / "users.dat", ln)] = {
-            "gender": f[1], "age": age, "age_group": ML1M_AGE_LABELS.get(age, str(age)),
+            "gender": f[1],
+            "age": age,
+            "age_group": ML1M_AGE_LABELS.get(age, str(age)),
             "occupation": ML1M_OCCUPATIONS[occ] if 0 <= occ < len(ML1M_OCCUPATIONS) else str(occ),
-            "zip": f[4], "region": _region(f[4]),
+            "zip": f[4],
+            "region": _region(f[4]),
         }
     return _build("movielens_1m", folder / "ratings.dat", "::", item_ids, item_text, users)
 
@@ -108,8 +152,14 @@ def _build(name, ratings_path, sep, item_ids, item_text, users) -> InteractionDa
         raise DataError(f"{ratings_path}: no ratings")
     attrs = pd.DataFrame.from_dict(users, orient="index")
     return assemble(
-        name, item_ids, item_text, np.array(row_users, dtype=object), np.array(row_items),
-        np.array(row_ts), np.array(row_r, dtype=np.float32), attrs,
+        name,
+        item_ids,
+        item_text,
+        np.array(row_users, dtype=object),
+        np.array(row_items),
+        np.array(row_ts),
+        np.array(row_r, dtype=np.float32),
+        attrs,
     )
 
 
@@ -138,8 +188,7 @@ def _rows(path: Path, sep: str, nfields: int) -> Iterator[tuple[int, list[str]]]
             fields = line.split(sep)
             if len(fields) != nfields:
                 raise DataError(
-                    f"{path}, line {ln}: expected {nfields} {sep!r}-separated fields, "
-                    f"got {len(fields)}: {line[:80]!r}"
+                    f"{path}, line {ln}: expected {nfields} {sep!r}-separated fields, got {len(fields)}: {line[:80]!r}"
                 )
             yield ln, fields
 

@@ -66,9 +66,7 @@ def partition_users(
             raise DataError(f"cross_device makes one client per user ({n}), not {num_clients}")
         return [np.array([i], dtype=np.int64) for i in range(n)]
     if num_clients is None or not 1 <= num_clients <= n:
-        raise DataError(
-            f"{scheme} needs 1 <= num_clients <= number of users ({n}), got {num_clients}"
-        )
+        raise DataError(f"{scheme} needs 1 <= num_clients <= number of users ({n}), got {num_clients}")
     if scheme == "iid":
         return _iid(n, num_clients, seed)
 
@@ -82,17 +80,13 @@ def partition_users(
     return _dirichlet(labels, num_clients, alpha, seed)
 
 
-def attribute_values(
-    split: LeaveOneOutSplit | int, attributes: pd.DataFrame, attribute: str
-) -> list[str]:
+def attribute_values(split: LeaveOneOutSplit | int, attributes: pd.DataFrame, attribute: str) -> list[str]:
     """The attribute value each ``attribute``-scheme client holds, in client order."""
     n = split.num_users if isinstance(split, LeaveOneOutSplit) else int(split)
     return sorted(set(_attribute_column(split, n, attributes, attribute)))
 
 
-def cluster_users(
-    train_sequences: Sequence[np.ndarray], num_items: int, num_clusters: int, seed: int
-) -> np.ndarray:
+def cluster_users(train_sequences: Sequence[np.ndarray], num_items: int, num_clusters: int, seed: int) -> np.ndarray:
     """Taste clusters: k-means on a truncated SVD of users' training item histograms.
 
     Works from the interaction lists directly (no dense user×item matrix), so it scales
@@ -177,10 +171,7 @@ def _iid(n: int, num_clients: int, seed: int) -> list[np.ndarray]:
     perm = np.random.default_rng(seed).permutation(n)
     part = IidPartitioner(num_partitions=num_clients)
     part.dataset = _rows_dataset(row=perm)
-    return [
-        np.sort(np.asarray(part.load_partition(c)["row"], dtype=np.int64))
-        for c in range(num_clients)
-    ]
+    return [np.sort(np.asarray(part.load_partition(c)["row"], dtype=np.int64)) for c in range(num_clients)]
 
 
 def _natural_id(values: list[str]) -> list[np.ndarray]:
@@ -190,10 +181,7 @@ def _natural_id(values: list[str]) -> list[np.ndarray]:
     part.dataset = _rows_dataset(row=np.arange(len(values)), value=values)
     # It draws a tqdm progress bar on stderr; in a run log that is noise, so swallow it.
     with contextlib.redirect_stderr(io.StringIO()):
-        return [
-            np.asarray(part.load_partition(c)["row"], dtype=np.int64)
-            for c in range(part.num_partitions)
-        ]
+        return [np.asarray(part.load_partition(c)["row"], dtype=np.int64) for c in range(part.num_partitions)]
 
 
 def _dirichlet(labels: np.ndarray, num_clients: int, alpha: float, seed: int) -> list[np.ndarray]:
@@ -202,8 +190,13 @@ def _dirichlet(labels: np.ndarray, num_clients: int, alpha: float, seed: int) ->
     # min_partition_size=0 and self-balancing off: one draw, no retry loop that could give up
     # after ten tries; empty clients are repaired below instead.
     part = DirichletPartitioner(
-        num_partitions=num_clients, partition_by="cluster", alpha=float(alpha),
-        min_partition_size=0, self_balancing=False, shuffle=False, seed=seed,
+        num_partitions=num_clients,
+        partition_by="cluster",
+        alpha=float(alpha),
+        min_partition_size=0,
+        self_balancing=False,
+        shuffle=False,
+        seed=seed,
     )
     part.dataset = _rows_dataset(row=np.arange(len(labels)), cluster=labels.astype(np.int64))
     clients = [list(part.load_partition(c)["row"]) for c in range(num_clients)]

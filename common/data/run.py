@@ -75,8 +75,16 @@ def _load_run_data(key: str) -> RunData:
     audit = None
     if audit_active(cfg.get("audit")):
         a = cfg.audit
-        data, split, partitions, audit = inject_audit(data, split, partitions, int(a.canaries), int(a.canary_length),
-                                                      float(a.holdout), int(a.seed), p.scheme == "cross_device")  # fmt: skip
+        data, split, partitions, audit = inject_audit(
+            data,
+            split,
+            partitions,
+            int(a.canaries),
+            int(a.canary_length),
+            float(a.holdout),
+            int(a.seed),
+            p.scheme == "cross_device",
+        )
     lm = cfg.model.get("lm")
     if lm is None:  # model=causal_lora reads item text in its prompts, not as embeddings
         text = np.zeros((data.num_items, 0), dtype=np.float32)
@@ -84,12 +92,14 @@ def _load_run_data(key: str) -> RunData:
         text = encode_texts(data.item_text, lm.path, lm.max_length, lm.batch_size, cfg.get("cache_dir"))
     log.info(
         "data %s: %d users (%d dropped with < 3 interactions), %d items, %d clients",
-        data.name, split.num_users, split.stats.get("users_dropped", 0), data.num_items, len(partitions),
-    )  # fmt: skip
+        data.name,
+        split.num_users,
+        split.stats.get("users_dropped", 0),
+        data.num_items,
+        len(partitions),
+    )
     return RunData(data, split, partitions, text, audit, fairness_groups(split, data.user_attributes))
 
 
 def training_sequences(split: LeaveOneOutSplit, rows: np.ndarray) -> list[np.ndarray]:
     return [split.train[r] for r in rows]
-
-

@@ -139,9 +139,7 @@ def _preferences(rng: np.random.Generator, num_topics: int, favourite: int) -> n
     return rng.dirichlet(alpha) + 1e-9
 
 
-def _sequence(
-    rng, prefs, length, item_topic, popularity, stick: float = 0.8, explore: float = 0.15
-) -> np.ndarray:
+def _sequence(rng, prefs, length, item_topic, popularity, stick: float = 0.8, explore: float = 0.15) -> np.ndarray:
     """A Markov walk over topics (stay with probability ``stick``), items by popularity.
 
     With probability ``explore`` a step ignores taste and picks any popular item, as real

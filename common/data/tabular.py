@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.data.assemble import assemble
-from common.data.assemble import MISSING_ATTRIBUTE
+from common.data.assemble import MISSING_ATTRIBUTE, assemble
 from common.data.types import DataError, InteractionData
 
 _EPOCH = pd.Timestamp(0, tz="UTC")
@@ -42,8 +41,7 @@ class _Table:
         for name in names:
             if name not in self.columns:
                 raise DataError(
-                    f"{self.path}: missing required column {name!r} "
-                    f"(found: {', '.join(self.columns) or 'none'})"
+                    f"{self.path}: missing required column {name!r} (found: {', '.join(self.columns) or 'none'})"
                 )
 
     def strings(self, name: str) -> list[str]:
@@ -89,10 +87,7 @@ def load_interaction_folder(path: str | Path) -> InteractionData:
     if not index.is_unique:
         dup = int(np.flatnonzero(index.duplicated())[0])
         first = item_ids.index(item_ids[dup])
-        raise DataError(
-            f"{items.where(dup)}: duplicate item_id {item_ids[dup]!r} "
-            f"(first at {items.loc(first)})"
-        )
+        raise DataError(f"{items.where(dup)}: duplicate item_id {item_ids[dup]!r} (first at {items.loc(first)})")
 
     inter = read_table(find_table(folder, "interactions", required=True))
     inter.require("user_id", "item_id", "timestamp")
@@ -103,8 +98,7 @@ def load_interaction_folder(path: str | Path) -> InteractionData:
     if (row_items < 0).any():
         bad = int(np.flatnonzero(row_items < 0)[0])
         raise DataError(
-            f"{inter.where(bad)}: item_id {str(inter.columns['item_id'][bad]).strip()!r} "
-            f"is not in {items.path.name}"
+            f"{inter.where(bad)}: item_id {str(inter.columns['item_id'][bad]).strip()!r} is not in {items.path.name}"
         )
     timestamps = _timestamps(inter)
     ratings = _ratings(inter) if "rating" in inter.columns else None
@@ -114,11 +108,19 @@ def load_interaction_folder(path: str | Path) -> InteractionData:
     if users_path is not None:
         attrs = _user_attributes(read_table(users_path))
         if len(attrs) and not attrs.index.isin(users).any():
-            raise DataError(f"{users_path}: none of its user_ids appear in {inter.path.name} (e.g. {attrs.index[0]!r} "
-                            f"there, {users[0]!r} here): every user would lose its attributes")  # fmt: skip
+            raise DataError(
+                f"{users_path}: none of its user_ids appear in {inter.path.name} (e.g. {attrs.index[0]!r} "
+                f"there, {users[0]!r} here): every user would lose its attributes"
+            )
     return assemble(
-        f"csv:{folder.name}", item_ids, item_text, np.array(users, dtype=object), row_items,
-        timestamps, ratings, attrs,
+        f"csv:{folder.name}",
+        item_ids,
+        item_text,
+        np.array(users, dtype=object),
+        row_items,
+        timestamps,
+        ratings,
+        attrs,
     )
 
 
@@ -153,8 +155,7 @@ def _read_csv(path: Path) -> _Table:
                 if any(field.strip() for field in row):  # blank lines are not rows
                     if len(row) != len(header):
                         raise DataError(
-                            f"{path}, line {start}: expected {len(header)} fields "
-                            f"({','.join(header)}), got {len(row)}"
+                            f"{path}, line {start}: expected {len(header)} fields ({','.join(header)}), got {len(row)}"
                         )
                     rows.append(row)
                     lines.append(start)
@@ -173,8 +174,10 @@ def _check_header(path: Path, header: list[str]) -> None:
     if len(header) == 1:
         for sep, name in _DELIMITERS.items():
             if sep in header[0]:
-                raise DataError(f"{path}, line 1: the header {header[0]!r} is one column: the file is separated by "
-                                f"{name}; fedrec reads comma-separated files")  # fmt: skip
+                raise DataError(
+                    f"{path}, line 1: the header {header[0]!r} is one column: the file is separated by "
+                    f"{name}; fedrec reads comma-separated files"
+                )
     seen: dict[str, int] = {}
     for j, name in enumerate(header, start=1):
         if name in seen:
@@ -183,9 +186,8 @@ def _check_header(path: Path, header: list[str]) -> None:
 
 
 def _read_parquet(path: Path) -> _Table:
-    import pyarrow.parquet as pq
-
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     try:
         table = pq.read_table(path)
@@ -219,10 +221,7 @@ def _timestamps(t: _Table) -> np.ndarray:
         bad = np.flatnonzero(parsed.isna().to_numpy())
         if len(bad):
             i = int(rest[bad[0]])
-            raise DataError(
-                f"{t.where(i)}: unparsable timestamp {text[i]!r} "
-                f"(expected integer seconds or ISO-8601)"
-            )
+            raise DataError(f"{t.where(i)}: unparsable timestamp {text[i]!r} (expected integer seconds or ISO-8601)")
         out[rest] = ((parsed - _EPOCH) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
     return out
 

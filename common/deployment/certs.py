@@ -149,14 +149,25 @@ def _ca(now: dt.datetime, days: int) -> tuple[ec.EllipticCurvePrivateKey, x509.C
 def _key_usage(sign: bool, cert_sign: bool) -> x509.KeyUsage:
     """A CA signs certificates (and CRLs); a TLS server signs its handshakes."""
     return x509.KeyUsage(
-        digital_signature=sign, content_commitment=False, key_encipherment=False, data_encipherment=False,
-        key_agreement=False, key_cert_sign=cert_sign, crl_sign=cert_sign, encipher_only=False, decipher_only=False,
+        digital_signature=sign,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
     )
 
 
 def _server(
-    now: dt.datetime, days: int, ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate,
-    names: list[str], entries: list[x509.GeneralName],
+    now: dt.datetime,
+    days: int,
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_cert: x509.Certificate,
+    names: list[str],
+    entries: list[x509.GeneralName],
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = ec.generate_private_key(ec.SECP384R1())
     ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value

@@ -1,11 +1,13 @@
-"""Writing data in the generic folder format: one folder per organisation, and the shared catalogue.
-"""
+"""Writing data in the generic folder format: one folder per organisation, and the shared catalogue."""
 
 from __future__ import annotations
+
 import csv
 import io
 from pathlib import Path
+
 import numpy as np
+
 from common.data import InteractionData
 from common.runs.store import atomic_write
 
@@ -41,8 +43,10 @@ def write_interaction_folder(data: InteractionData, users: np.ndarray, folder: s
     if data.user_attributes is not None:
         attrs = data.user_attributes
         cols = [str(c) for c in attrs.columns]
-        atomic_write(folder / "users.csv", _csv_text(
-            ["user_id", *cols], ([data.user_ids[u], *attrs.iloc[int(u)].tolist()] for u in users)))  # fmt: skip
+        atomic_write(
+            folder / "users.csv",
+            _csv_text(["user_id", *cols], ([data.user_ids[u], *attrs.iloc[int(u)].tolist()] for u in users)),
+        )
     return folder
 
 
@@ -53,8 +57,10 @@ def split_for_deployment(data: InteractionData, orgs: list[str], out: str | Path
         raise ValueError(f"organisations must be unique and at least one: {orgs}")
     out = Path(out)
     order = np.random.default_rng(seed).permutation(data.num_users)
-    folders = {org: write_interaction_folder(data, np.sort(part), out / org)
-               for org, part in zip(orgs, np.array_split(order, len(orgs)))}  # fmt: skip
+    folders = {
+        org: write_interaction_folder(data, np.sort(part), out / org)
+        for org, part in zip(orgs, np.array_split(order, len(orgs)))
+    }
     write_items(data, out / "catalogue")
     folders["catalogue"] = out / "catalogue"
     return folders

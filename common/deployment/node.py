@@ -32,15 +32,15 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
+from common.config.checks import check_plans, check_strategy
 from common.data import DATASETS, DataError, InteractionData, leave_one_out, load_dataset
+from common.data.run import RunData, load_run_data
 from common.data.types import LeaveOneOutSplit
 from common.fairness.groups import fairness_groups
 from common.model.item_encoder import encode_texts
 from common.privacy.accounting import PrivacyConfigError
-from common.secagg.protocol import check_secagg
-from common.data.run import RunData, load_run_data
-from common.config.checks import check_plans, check_strategy
 from common.privacy.plans import is_central, is_distributed
+from common.secagg.protocol import check_secagg
 
 log = logging.getLogger("fedrec")
 FORMATS = tuple(d for d in DATASETS if d != "synthetic")
@@ -78,8 +78,10 @@ def _check_node(cfg: DictConfig, node_config) -> tuple[Path, str]:
     if fmt not in FORMATS:
         raise DataError(f"node-config data-format={fmt!r}: expected one of {', '.join(FORMATS)}")
     if is_distributed(cfg):
-        raise PrivacyConfigError("privacy.noise=distributed is not supported in a deployment: its noise shares "
-                                 "need every client's user count; use privacy.noise=local or central")  # fmt: skip
+        raise PrivacyConfigError(
+            "privacy.noise=distributed is not supported in a deployment: its noise shares "
+            "need every client's user count; use privacy.noise=local or central"
+        )
     return path, fmt
 
 
@@ -98,11 +100,15 @@ def check_org_budget(cfg: DictConfig, node_config) -> None:
         raise ValueError(f"node-config max-epsilon={ceiling!r}: expected a number") from None
     privacy = cfg.privacy
     if not privacy.enabled or privacy.get("noise") != "local":
-        raise PrivacyConfigError(f"node-config max-epsilon={ceiling:g}: this organisation trains only with "
-                                 f"privacy.noise=local; the run asks privacy.noise={privacy.get('noise')}")  # fmt: skip
+        raise PrivacyConfigError(
+            f"node-config max-epsilon={ceiling:g}: this organisation trains only with "
+            f"privacy.noise=local; the run asks privacy.noise={privacy.get('noise')}"
+        )
     if budget_of(privacy) > ceiling:
-        raise PrivacyConfigError(f"node-config max-epsilon={ceiling:g}: the run's budget ε={budget_of(privacy):g} "
-                                 "(privacy.budget_epsilon, else privacy.epsilon) is over it; refusing to train")  # fmt: skip
+        raise PrivacyConfigError(
+            f"node-config max-epsilon={ceiling:g}: the run's budget ε={budget_of(privacy):g} "
+            "(privacy.budget_epsilon, else privacy.epsilon) is over it; refusing to train"
+        )
 
 
 def load_client_data(cfg: DictConfig, node_config) -> RunData:
@@ -123,8 +129,14 @@ def load_client_data(cfg: DictConfig, node_config) -> RunData:
     if threshold is not None:
         lengths = np.array([len(t) for t in split.train], dtype=np.int64)
         groups = replace(groups, advantaged=lengths >= int(threshold), activity_threshold=int(threshold))
-    log.info("client data %s (%s): %d users (%d dropped with < 3 interactions), %d items", path, fmt,
-             split.num_users, split.stats.get("users_dropped", 0), data.num_items)  # fmt: skip
+    log.info(
+        "client data %s (%s): %d users (%d dropped with < 3 interactions), %d items",
+        path,
+        fmt,
+        split.num_users,
+        split.stats.get("users_dropped", 0),
+        data.num_items,
+    )
     return RunData(data, split, [np.arange(split.num_users, dtype=np.int64)], text, None, groups)
 
 
@@ -174,15 +186,21 @@ def check_server_plans(cfg: DictConfig, run: RunData) -> None:
         check_plans(cfg, run)
         return
     if is_distributed(cfg):
-        raise PrivacyConfigError("privacy.noise=distributed is not supported in a deployment: its noise shares "
-                                 "need every client's user count; use privacy.noise=local or central")  # fmt: skip
+        raise PrivacyConfigError(
+            "privacy.noise=distributed is not supported in a deployment: its noise shares "
+            "need every client's user count; use privacy.noise=local or central"
+        )
     if cfg.privacy.enabled and cfg.privacy.get("delta") is None:
         # Each client's default δ comes from its own user count: the summary's δ would be one of them.
-        raise PrivacyConfigError("privacy.delta must be set in a deployment with privacy on (one δ for every "
-                                 "organisation, below 1/users of the smallest one), e.g. privacy.delta=1e-5")  # fmt: skip
+        raise PrivacyConfigError(
+            "privacy.delta must be set in a deployment with privacy on (one δ for every "
+            "organisation, below 1/users of the smallest one), e.g. privacy.delta=1e-5"
+        )
     if cfg.secagg.enabled and cfg.secagg.max_weight is None:
-        raise ValueError("secagg=secaggplus in a deployment needs secagg.max_weight=N, at least the largest "
-                         "organisation's number of users (SecAgg+ weights are users; the server cannot count them)")  # fmt: skip
+        raise ValueError(
+            "secagg=secaggplus in a deployment needs secagg.max_weight=N, at least the largest "
+            "organisation's number of users (SecAgg+ weights are users; the server cannot count them)"
+        )
     if is_central(cfg) or not cfg.privacy.enabled:
         check_plans(cfg, run)  # nothing there needs a user
     else:
@@ -195,8 +213,9 @@ def _empty_run(cfg: DictConfig, n: int) -> RunData:
     text = _item_embeddings(cfg, data, cfg.get("cache_dir"))
     empty = np.zeros(0, dtype=np.int64)
     split = LeaveOneOutSplit(empty, [], empty, empty, data.num_items, {"users": 0})
-    log.info("deployment: catalogue %s with %d items, waiting for %d SuperNodes", cfg.deployment.catalogue,
-             data.num_items, n)  # fmt: skip
+    log.info(
+        "deployment: catalogue %s with %d items, waiting for %d SuperNodes", cfg.deployment.catalogue, data.num_items, n
+    )
     return RunData(data, split, [empty] * n, text)
 
 
@@ -210,11 +229,8 @@ def deployment_data_block(cfg: DictConfig, run: RunData, client_eval: dict[str, 
         "users": sum(users.values()),
         "clients": run.num_clients,
         "client_users": users,
-        "activity_groups": "global threshold" if cfg.deployment.get("activity_threshold") is not None
-        else "per client",
+        "activity_groups": "global threshold" if cfg.deployment.get("activity_threshold") is not None else "per client",
     }
 
 
 # ---- Preparing organisations' folders (deploy/split_data.py, tests) ----------------------------
-
-

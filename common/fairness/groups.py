@@ -18,7 +18,6 @@ from common.data.types import LeaveOneOutSplit
 from common.fairness.metrics import activity_groups, attribute_groups, client_distribution, exposure_metrics
 from common.metrics.ranking import hit_rate, ndcg
 
-
 FAIR_K = 10
 FAIR_METRICS = ("ndcg@10", "hr@10")
 ACTIVITY = "activity"
@@ -84,8 +83,9 @@ def fairness_groups(
             attrs[name] = labels.astype(str)
     trained = [t for t in split.train if len(t)]
     items = np.concatenate(trained).astype(np.int64) if trained else np.zeros(0, dtype=np.int64)
-    return FairnessGroups(advantaged, int(lengths[advantaged].min()), attrs,
-                          np.bincount(items, minlength=split.num_items), top_share)  # fmt: skip
+    return FairnessGroups(
+        advantaged, int(lengths[advantaged].min()), attrs, np.bincount(items, minlength=split.num_items), top_share
+    )
 
 
 def top_items(scores: Any, hist: list[np.ndarray], targets: np.ndarray, k: int = FAIR_K) -> np.ndarray:
@@ -200,19 +200,30 @@ def fairness_block(
     activity = by.pop(ACTIVITY, {})
     a, d = (activity.get(g, np.zeros(len(_SLOTS))) for g in ("advantaged", "disadvantaged"))
     adv, dis = _group_entry(a), _group_entry(d)
-    users: dict[str, Any] = {ACTIVITY: {"advantaged": adv, "disadvantaged": dis,
-                                        "gap": {m: adv[m] - dis[m] for m in FAIR_METRICS},
-                                        "gap_se": {"ndcg@10": gap_standard_error(a, d)}}}  # fmt: skip
+    users: dict[str, Any] = {
+        ACTIVITY: {
+            "advantaged": adv,
+            "disadvantaged": dis,
+            "gap": {m: adv[m] - dis[m] for m in FAIR_METRICS},
+            "gap_se": {"ndcg@10": gap_standard_error(a, d)},
+        }
+    }
     if groups is not None:
         users[ACTIVITY].update(top_share=groups.top_share, threshold=groups.activity_threshold)
     for attribute, named in by.items():
         entries = {name: _group_entry(s) for name, s in named.items()}
         filled = {n: e for n, e in entries.items() if e["users"]}
-        gap = {m: (max(e[m] for e in filled.values()) - min(e[m] for e in filled.values())) if filled else math.nan
-               for m in FAIR_METRICS}  # fmt: skip
+        gap = {
+            m: (max(e[m] for e in filled.values()) - min(e[m] for e in filled.values())) if filled else math.nan
+            for m in FAIR_METRICS
+        }
         ranked = sorted(filled, key=lambda n: filled[n]["ndcg@10"])
-        users[attribute] = {"groups": entries, "gap": gap, "best": ranked[-1] if ranked else None,
-                            "worst": ranked[0] if ranked else None}  # fmt: skip
+        users[attribute] = {
+            "groups": entries,
+            "gap": gap,
+            "best": ranked[-1] if ranked else None,
+            "worst": ranked[0] if ranked else None,
+        }
     values = [c.get("ndcg@10") for c in clients.values()]
     values = [float(v) for v in values if v is not None and math.isfinite(v)]  # a client without users has NaN
     items = exposure_metrics(fair.exposure, groups.item_counts if groups is not None else None)

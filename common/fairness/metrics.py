@@ -22,7 +22,13 @@ import numpy as np
 # ML-1M's age codes are the lower bounds of its buckets (README); same labels as the loader's
 # ``age_group`` (common.data.movielens), copied so metrics need no pandas; a test keeps them equal.
 AGE_BUCKETS: dict[int, str] = {
-    1: "Under 18", 18: "18-24", 25: "25-34", 35: "35-44", 45: "45-49", 50: "50-55", 56: "56+",
+    1: "Under 18",
+    18: "18-24",
+    25: "25-34",
+    35: "35-44",
+    45: "45-49",
+    50: "50-55",
+    56: "56+",
 }
 MISSING = "unknown"  # same label as common.data.assemble.MISSING_ATTRIBUTE
 
@@ -126,8 +132,14 @@ def group_gap(per_user: Any, advantaged: Any) -> dict[str, float]:
         # An int array here is most likely user indices, which would be misread as a mask.
         raise ValueError(f"advantaged must be a bool mask of shape {v.shape}")
     a, d = _mean(v[adv]), _mean(v[~adv])
-    return {"advantaged": a, "disadvantaged": d, "gap": a - d, "abs_gap": abs(a - d),
-            "n_advantaged": int(adv.sum()), "n_disadvantaged": int((~adv).sum())}
+    return {
+        "advantaged": a,
+        "disadvantaged": d,
+        "gap": a - d,
+        "abs_gap": abs(a - d),
+        "n_advantaged": int(adv.sum()),
+        "n_disadvantaged": int((~adv).sum()),
+    }
 
 
 def groups_summary(per_user: Any, groups: Mapping[str, Any]) -> dict[str, Any]:
@@ -187,10 +199,15 @@ def client_distribution(values: Sequence[float], weights: Any = None) -> dict[st
         raise ValueError(f"weights must be {v.size} non-negative numbers with a positive sum")
     mean = float(np.average(v, weights=w))
     worst = np.sort(v)[: _ceil_share(0.1, v.size)]
-    return {"n": int(v.size), "mean": mean,
-            "std": float(np.sqrt(np.average((v - mean) ** 2, weights=w))),
-            "min": float(v.min()), "max": float(v.max()), "worst10_mean": float(worst.mean()),
-            "gini": gini(v) if (v >= 0).all() else float("nan")}
+    return {
+        "n": int(v.size),
+        "mean": mean,
+        "std": float(np.sqrt(np.average((v - mean) ** 2, weights=w))),
+        "min": float(v.min()),
+        "max": float(v.max()),
+        "worst10_mean": float(worst.mean()),
+        "gini": gini(v) if (v >= 0).all() else float("nan"),
+    }
 
 
 # --- Items, from top-K lists [n_users, K] ------------------------------------------------------
@@ -231,8 +248,7 @@ def coverage_at_k(top_k: Any, num_items: int, k: int | None = None) -> float:
     return float(np.unique(_top_k(top_k, n, k)).size / n)
 
 
-def long_tail_share(top_k: Any, item_counts: Any, head_share: float = 0.2,
-                    k: int | None = None) -> float:
+def long_tail_share(top_k: Any, item_counts: Any, head_share: float = 0.2, k: int | None = None) -> float:
     r"""Share of recommended slots filled by long-tail items.
 
     .. math:: \mathrm{TailShare@}K = \frac{\sum_u |R_u \cap T|}{|U| \cdot K}
@@ -270,8 +286,9 @@ def get_item_metric(name: str) -> Callable[[Any, Any], float]:
     ``"exposure_gini@10"``."""
     m = _NAME_RE.match(str(name).strip().lower())
     if m is None or m.group(1) not in _ITEM_METRICS or int(m.group(2)) < 1:
-        raise ValueError(f"unknown item metric {name!r}; known: "
-                         f"{', '.join(f'{n}@K' for n in _ITEM_METRICS)} (K a positive integer)")
+        raise ValueError(
+            f"unknown item metric {name!r}; known: {', '.join(f'{n}@K' for n in _ITEM_METRICS)} (K a positive integer)"
+        )
     fn, k = _ITEM_METRICS[m.group(1)], int(m.group(2))
     return lambda top_k, item_counts: fn(top_k, np.asarray(item_counts), k)
 

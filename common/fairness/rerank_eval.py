@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from common.fairness.groups import FAIR_K, FairnessGroups, FairnessSums
-from common.metrics.ranking import MetricSums
 from common.fairness.ugf import ugf_solve
+from common.metrics.ranking import MetricSums
 
 log = logging.getLogger("fedrec")
 PREFIX = "rerank_"
@@ -140,8 +140,9 @@ class RerankCollector:
         return sums, fair, info
 
 
-def rerank_users(cand: np.ndarray, probs: np.ndarray, rel: np.ndarray, advantaged: np.ndarray | None,
-                 settings: RerankSettings) -> tuple[np.ndarray, dict[str, float]]:  # fmt: skip
+def rerank_users(
+    cand: np.ndarray, probs: np.ndarray, rel: np.ndarray, advantaged: np.ndarray | None, settings: RerankSettings
+) -> tuple[np.ndarray, dict[str, float]]:
     """The chosen candidates [users, N] of one party's users (``candidates_of`` order):
     the objective is the model's probabilities (the total kept is expected HR@10), quality, the
     gap and the loss bound are NDCG@10 under ``rel``; plus what was done (see ``finish``)."""
@@ -151,9 +152,16 @@ def rerank_users(cand: np.ndarray, probs: np.ndarray, rel: np.ndarray, advantage
     before = float(expected_ndcg(original, rel).mean()) if users else float("nan")
     if advantaged is None or advantaged.all() or not advantaged.any():
         # The constraint needs both groups among this party's users.
-        return original, {"ndcg_before": before, "ndcg_after": before, "gap_before": float("nan"),
-                          "gap_after": float("nan"), "epsilon": float("nan"), "changed_users": 0.0,
-                          "feasible": 1.0, "skipped": 1.0}  # fmt: skip
+        return original, {
+            "ndcg_before": before,
+            "ndcg_after": before,
+            "gap_before": float("nan"),
+            "gap_after": float("nan"),
+            "epsilon": float("nan"),
+            "changed_users": 0.0,
+            "feasible": 1.0,
+            "skipped": 1.0,
+        }
 
     def solve(eps: float):
         return ugf_solve(probs, cand, rel, advantaged, FAIR_K, eps, "ndcg")
@@ -166,8 +174,11 @@ def rerank_users(cand: np.ndarray, probs: np.ndarray, rel: np.ndarray, advantage
         bound = settings.epsilon
         best = solve(bound)
         if not best.feasible:  # the lists with the smallest violation found: say so
-            log.warning("eval.rerank.epsilon=%s: no lists found within it; the gap after is %.4g (feasible=0 in "
-                        "the summary)", bound, best.gap)  # fmt: skip
+            log.warning(
+                "eval.rerank.epsilon=%s: no lists found within it; the gap after is %.4g (feasible=0 in the summary)",
+                bound,
+                best.gap,
+            )
     else:  # the smallest gap bound whose lists keep NDCG@10 within max_ndcg_loss
         bound, best = 0.0, solve(0.0)
         if not ok(best):
@@ -181,10 +192,16 @@ def rerank_users(cand: np.ndarray, probs: np.ndarray, rel: np.ndarray, advantage
                     bound, hi, best = mid, mid, result
                 else:
                     lo = mid
-    return best.selected, {"ndcg_before": before, "ndcg_after": float(expected_ndcg(best.selected, rel).mean()),
-                           "gap_before": float(best.gap_before), "gap_after": float(best.gap),
-                           "epsilon": float(bound), "changed_users": float(best.changed_users),
-                           "feasible": float(best.feasible), "skipped": 0.0}  # fmt: skip
+    return best.selected, {
+        "ndcg_before": before,
+        "ndcg_after": float(expected_ndcg(best.selected, rel).mean()),
+        "gap_before": float(best.gap_before),
+        "gap_after": float(best.gap),
+        "epsilon": float(bound),
+        "changed_users": float(best.changed_users),
+        "feasible": float(best.feasible),
+        "skipped": 0.0,
+    }
 
 
 INFO_PREFIX = "rerank_info_"
@@ -204,18 +221,24 @@ def client_rerank(means: dict[str, float], record: dict[str, Any]) -> dict[str, 
     return out
 
 
-def rerank_block(settings: RerankSettings, fair: FairnessSums, clients: dict[str, dict],
-                 groups: FairnessGroups | None) -> dict[str, Any]:  # fmt: skip
+def rerank_block(
+    settings: RerankSettings, fair: FairnessSums, clients: dict[str, dict], groups: FairnessGroups | None
+) -> dict[str, Any]:
     """summary.json's ``fairness.rerank``: the settings, then the fairness block of the
     re-ranked lists (same layout as ``fairness``; ``clients`` entries from :func:`client_rerank`)."""
     from common.fairness.groups import fairness_block
 
-    return {"method": "ugf", "scope": "each client re-ranks its own users", **vars(settings),
-            **fairness_block(fair, clients, groups)}  # fmt: skip
+    return {
+        "method": "ugf",
+        "scope": "each client re-ranks its own users",
+        **vars(settings),
+        **fairness_block(fair, clients, groups),
+    }
 
 
-def add_rerank_block(summary: dict, rerank_cfg: Any, fair: FairnessSums | None, clients: dict[str, dict],
-                     groups: FairnessGroups | None) -> None:  # fmt: skip
+def add_rerank_block(
+    summary: dict, rerank_cfg: Any, fair: FairnessSums | None, clients: dict[str, dict], groups: FairnessGroups | None
+) -> None:
     """Put ``fairness.rerank`` into a run's summary when the run re-ranked its lists."""
     settings = RerankSettings.from_config(rerank_cfg)
     if settings is not None and fair is not None:

@@ -82,10 +82,9 @@ from typing import Any
 
 import numpy as np
 
-from common.fairness.metrics import group_gap
 from common.fairness.lagrangian import METRICS as METRICS
-from common.fairness.lagrangian import Instance, discount, normaliser, lagrangian_menus, repair
-
+from common.fairness.lagrangian import Instance, discount, lagrangian_menus, normaliser, repair
+from common.fairness.metrics import group_gap
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,9 @@ class AucHistogram:
     def bin_of(self, logits: Any) -> np.ndarray:
         x = np.asarray(logits, dtype=np.float64)
         if np.isnan(x).any():  # would become a negative bin index; a diverged model, say so
-            raise ValueError(f"AUC histogram: {int(np.isnan(x).sum())} of {x.size} scores are NaN (did training diverge?)")
+            raise ValueError(
+                f"AUC histogram: {int(np.isnan(x).sum())} of {x.size} scores are NaN (did training diverge?)"
+            )
         x = np.clip(x, -self.limit, self.limit)
         t, top = np.arcsinh(x / SCALE), np.arcsinh(self.limit / SCALE)
         return np.minimum(((t + top) / (2 * top) * self.bins).astype(np.int64), self.bins - 1)
@@ -115,9 +117,9 @@ class AucHistogram:
         h = cls(int(m["auc_bins"]), int(m["auc_limit_x1000"]) / 1000.0)
         for key, value in m.items():
             if key.startswith(POS):
-                h.pos[int(key[len(POS):])] += int(value)
+                h.pos[int(key[len(POS) :])] += int(value)
             elif key.startswith(NEG):
-                h.neg[int(key[len(NEG):])] += int(value)
+                h.neg[int(key[len(NEG) :])] += int(value)
         return h
 
     @property

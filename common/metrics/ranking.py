@@ -280,8 +280,7 @@ class MetricSums:
         if set(self.sums) != set(other.sums) or set(self.counts) != set(other.counts):
             # Summing a metric only some clients report would divide by the wrong count.
             raise ValueError(
-                f"cannot merge metric sums with different keys: {sorted(self.sums)} "
-                f"vs {sorted(other.sums)}"
+                f"cannot merge metric sums with different keys: {sorted(self.sums)} vs {sorted(other.sums)}"
             )
         return MetricSums(
             list(self.metrics),

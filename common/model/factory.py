@@ -1,12 +1,12 @@
-"""The model a config asks for, built identically by every party, and what a reader needs to rebuild it.
-"""
+"""The model a config asks for, built identically by every party, and what a reader needs to rebuild it."""
 
 from __future__ import annotations
 
-from common.data.catalogue import items_fingerprint
-from common.data.run import RunData, data_key
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+from common.data.catalogue import items_fingerprint
+from common.data.run import RunData, data_key
 from common.model.recommender import FrozenText, TextSeqRec
 
 
@@ -60,8 +60,9 @@ def _lower_states(cfg: DictConfig, run: RunData):
     key = (data_key(cfg), m.top_layers, m.lm.max_length, m.lm.batch_size)
     if key not in _LOWER:
         _LOWER.clear()  # one catalogue at a time: the states are large
-        _LOWER[key] = cached_lower_states(run.data.item_text, m.lm.path, m.top_layers, m.lm.max_length,
-                                          m.lm.batch_size, cfg.get("cache_dir"))  # fmt: skip
+        _LOWER[key] = cached_lower_states(
+            run.data.item_text, m.lm.path, m.top_layers, m.lm.max_length, m.lm.batch_size, cfg.get("cache_dir")
+        )
     return _LOWER[key]
 
 

@@ -91,8 +91,10 @@ class TopLayers(nn.Module):
     def _layer(self, layer: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         att = layer.attention
         *lead, t, d = x.shape
+
         def split(y):  # noqa: E306
             return y.view(*lead, t, self.heads, d // self.heads).transpose(-2, -3)
+
         q, k, v = split(att.self.query(x)), split(att.self.key(x)), split(att.self.value(x))
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[..., None, None, :])
         a = a.transpose(-2, -3).reshape(*lead, t, d)

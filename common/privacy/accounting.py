@@ -39,9 +39,7 @@ def check_delta(delta: float, num_users: int) -> None:
     """Refuse δ outside (0, 1/num_users): with δ ≥ 1/n, "leak one user's data outright" fits
     inside the guarantee."""
     if not num_users or num_users < 1:
-        raise PrivacyConfigError(
-            f"privacy: cannot check delta={delta} against num_users={num_users}"
-        )
+        raise PrivacyConfigError(f"privacy: cannot check delta={delta} against num_users={num_users}")
     bound = 1.0 / num_users
     if not (isinstance(delta, numbers.Real) and 0 < delta < bound):
         raise PrivacyConfigError(
@@ -52,9 +50,7 @@ def check_delta(delta: float, num_users: int) -> None:
 
 def _check_accountant(accountant: str) -> str:
     if accountant not in ACCOUNTANTS:
-        raise PrivacyConfigError(
-            f"unknown accountant {accountant!r}; known: {', '.join(ACCOUNTANTS)}"
-        )
+        raise PrivacyConfigError(f"unknown accountant {accountant!r}; known: {', '.join(ACCOUNTANTS)}")
     return accountant
 
 
@@ -79,9 +75,7 @@ def noise_multiplier_for_plan(
     _check_accountant(accountant)
     plan = f"epsilon={target_epsilon}, delta={delta}, sample_rate q={sample_rate}, steps={steps}"
     if not (isinstance(target_epsilon, numbers.Real) and 0 < target_epsilon < math.inf):
-        raise PrivacyConfigError(
-            f"privacy: unreachable target ({plan}): epsilon must be a finite number > 0"
-        )
+        raise PrivacyConfigError(f"privacy: unreachable target ({plan}): epsilon must be a finite number > 0")
     if not (0 < delta < 1):
         raise PrivacyConfigError(f"privacy: bad delta ({plan}): need 0 < delta < 1")
     if not (0 < sample_rate <= 1):
@@ -91,8 +85,9 @@ def noise_multiplier_for_plan(
 
     prefix = list(prefix)
     if prefix:
-        return _search_with_prefix(float(target_epsilon), delta, sample_rate, int(steps), accountant,
-                                   epsilon_tolerance, prefix, plan)  # fmt: skip
+        return _search_with_prefix(
+            float(target_epsilon), delta, sample_rate, int(steps), accountant, epsilon_tolerance, prefix, plan
+        )
     # Imported here: opacus pulls in torch, and callers that only validate δ should not pay that.
     from opacus.accountants.utils import get_noise_multiplier
 
@@ -119,8 +114,16 @@ def noise_multiplier_for_plan(
     return float(sigma)
 
 
-def _search_with_prefix(target: float, delta: float, q: float, steps: int, accountant: str, tolerance: float,
-                        prefix: list[HistoryEntry], plan: str) -> float:
+def _search_with_prefix(
+    target: float,
+    delta: float,
+    q: float,
+    steps: int,
+    accountant: str,
+    tolerance: float,
+    prefix: list[HistoryEntry],
+    plan: str,
+) -> float:
     """Bisection on σ for ``prefix`` composed with ``steps`` steps of (σ, q), as Opacus'
     own search does for a plan without a prefix."""
 
@@ -131,8 +134,10 @@ def _search_with_prefix(target: float, delta: float, q: float, steps: int, accou
 
     floor = AccountantState(list(prefix)).epsilon(delta, accountant)
     if not floor < target:
-        raise PrivacyConfigError(f"privacy: no noise multiplier reaches {plan} with the {accountant} accountant: "
-                                 f"the plan's other mechanisms already spend ε={floor:.3f}")  # fmt: skip
+        raise PrivacyConfigError(
+            f"privacy: no noise multiplier reaches {plan} with the {accountant} accountant: "
+            f"the plan's other mechanisms already spend ε={floor:.3f}"
+        )
     low, high = 0.0, 10.0
     while eps(high) > target:
         high *= 2
@@ -172,9 +177,7 @@ class AccountantState:
         if int(steps) != steps or steps < 0:
             raise PrivacyConfigError(f"privacy: steps must be a non-negative integer, got {steps}")
         if not (noise_multiplier >= 0 and 0 <= sample_rate <= 1):
-            raise PrivacyConfigError(
-                f"privacy: bad accountant entry noise={noise_multiplier}, q={sample_rate}"
-            )
+            raise PrivacyConfigError(f"privacy: bad accountant entry noise={noise_multiplier}, q={sample_rate}")
         if steps == 0:
             return self
         noise, q = float(noise_multiplier), float(sample_rate)
@@ -209,9 +212,7 @@ class AccountantState:
         except KeyError as e:
             raise PrivacyConfigError(f"privacy: accountant state lacks key {e}") from e
         if len({len(c) for c in cols}) != 1:
-            raise PrivacyConfigError(
-                f"privacy: accountant state lists differ in length: {[len(c) for c in cols]}"
-            )
+            raise PrivacyConfigError(f"privacy: accountant state lists differ in length: {[len(c) for c in cols]}")
         return cls().extend(zip(*cols))
 
     def to_opacus(self, accountant: str = "rdp") -> Any:

@@ -93,9 +93,14 @@ def inject_audit(
     inc = np.flatnonzero(included)
     rows = np.full(canaries, -1, dtype=np.int64)
     rows[inc] = len(keep) + np.arange(len(inc))
-    info = AuditInfo(member_rows=np.arange(len(keep), dtype=np.int64), canary_train=[s[:-2] for s in seqs],
-                     included=included, canary_rows=rows, holdout_users=split.users[held],
-                     holdout_train=[split.train[r] for r in held])  # fmt: skip
+    info = AuditInfo(
+        member_rows=np.arange(len(keep), dtype=np.int64),
+        canary_train=[s[:-2] for s in seqs],
+        included=included,
+        canary_rows=rows,
+        holdout_users=split.users[held],
+        holdout_train=[split.train[r] for r in held],
+    )
     first_user = data.num_users
     data = _append_users(data, [seqs[j] for j in inc], [f"__canary_{j}" for j in inc])
     split = LeaveOneOutSplit(
@@ -104,8 +109,12 @@ def inject_audit(
         valid=np.concatenate([split.valid[keep], np.array([seqs[j][-2] for j in inc], dtype=np.int64)]),
         test=np.concatenate([split.test[keep], np.array([seqs[j][-1] for j in inc], dtype=np.int64)]),
         num_items=split.num_items,
-        stats={**split.stats, "users": len(keep) + len(inc), "audit_canaries_included": len(inc),
-               "audit_holdout": int(len(held))},  # fmt: skip
+        stats={
+            **split.stats,
+            "users": len(keep) + len(inc),
+            "audit_canaries_included": len(inc),
+            "audit_holdout": int(len(held)),
+        },
     )
     parts = [new_row[np.setdiff1d(p, held)] for p in partitions]  # setdiff1d sorts; new_row keeps order
     if one_client_per_user:
@@ -124,8 +133,7 @@ def _append_users(data: InteractionData, seqs: list[np.ndarray], names: list[str
     if attrs is not None and m:
         from common.data.assemble import MISSING_ATTRIBUTE
 
-        extra = pd.DataFrame(MISSING_ATTRIBUTE, index=range(data.num_users, data.num_users + m),
-                             columns=attrs.columns)  # fmt: skip
+        extra = pd.DataFrame(MISSING_ATTRIBUTE, index=range(data.num_users, data.num_users + m), columns=attrs.columns)
         attrs = pd.concat([attrs.astype(object), extra])
     return dataclasses.replace(
         data,
@@ -211,8 +219,14 @@ def audit_canaries(
     # The highest bound; with none above 0, the most guesses (the most telling accuracy).
     best = max(tried, key=lambda t: (t["epsilon_lower_bound"], t["guesses"]), default=None)
     best = best or {"k_plus": 0, "k_minus": 0, "guesses": 0, "correct": 0, "epsilon_lower_bound": 0.0}
-    return {"m": m, "included": int(np.sum(included)), **best, "confidence": 1 - beta,
-            "method": METHOD.format(k=len(choices)), "tried": tried}  # fmt: skip
+    return {
+        "m": m,
+        "included": int(np.sum(included)),
+        **best,
+        "confidence": 1 - beta,
+        "method": METHOD.format(k=len(choices)),
+        "tried": tried,
+    }
 
 
 # --- membership inference ------------------------------------------------------------------

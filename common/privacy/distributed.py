@@ -29,7 +29,6 @@ from common.privacy.accounting import PrivacyConfigError, check_delta, noise_mul
 from common.privacy.popularity_prior import PopularityPriorPlan, popularity_prior_plan
 from common.training.local import user_loss
 
-
 LOSS_WEIGHT = 0.1  # κ: see DistributedPlan.sensitivity
 
 
@@ -63,8 +62,12 @@ class DistributedPlan:
 
     @property
     def loss_noise_std(self) -> float:
-        return self.noise_multiplier * self.sensitivity * self.loss_clip / (
-            self.loss_weight * self.max_grad_norm * self.expected_batch)
+        return (
+            self.noise_multiplier
+            * self.sensitivity
+            * self.loss_clip
+            / (self.loss_weight * self.max_grad_norm * self.expected_batch)
+        )
 
     @property
     def share_std(self) -> float:
@@ -84,8 +87,13 @@ def shares_needed(cfg: DictConfig, num_clients: int) -> int:
 
 
 def distributed_plan(
-    cfg: DictConfig, total_users: int, num_clients: int, delta: float, num_params: int = 0,
-    num_items: int = 0, max_client_users: int = 0,
+    cfg: DictConfig,
+    total_users: int,
+    num_clients: int,
+    delta: float,
+    num_params: int = 0,
+    num_items: int = 0,
+    max_client_users: int = 0,
 ) -> DistributedPlan:
     if not cfg.secagg.enabled:
         raise PrivacyConfigError(
@@ -95,17 +103,23 @@ def distributed_plan(
     if cfg.secagg.num_shares != 1.0:
         raise PrivacyConfigError("privacy.noise=distributed needs secagg.num_shares=1.0 (shares with every client)")
     if cfg.strategy.fraction_fit != 1.0:
-        raise PrivacyConfigError(f"privacy.noise=distributed needs strategy.fraction_fit=1.0 (all clients each step), "
-                                 f"got {cfg.strategy.fraction_fit}")  # fmt: skip
+        raise PrivacyConfigError(
+            f"privacy.noise=distributed needs strategy.fraction_fit=1.0 (all clients each step), "
+            f"got {cfg.strategy.fraction_fit}"
+        )
     if num_clients < 2:
-        raise PrivacyConfigError(f"privacy.noise=distributed needs at least 2 clients (partition.num_clients="
-                                 f"{num_clients}): SecAgg+ cannot hide one client's sum; use privacy.noise=local "
-                                 "secagg=none for a single client")  # fmt: skip
+        raise PrivacyConfigError(
+            f"privacy.noise=distributed needs at least 2 clients (partition.num_clients="
+            f"{num_clients}): SecAgg+ cannot hide one client's sum; use privacy.noise=local "
+            "secagg=none for a single client"
+        )
     t = shares_needed(cfg, num_clients)
     if not 2 <= t <= num_clients:
-        raise PrivacyConfigError(f"secagg.reconstruction_threshold={cfg.secagg.reconstruction_threshold} means {t} "
-                                 f"of {num_clients} clients must survive to unmask: it must be between 2 and the "
-                                 "number of clients")  # fmt: skip
+        raise PrivacyConfigError(
+            f"secagg.reconstruction_threshold={cfg.secagg.reconstruction_threshold} means {t} "
+            f"of {num_clients} clients must survive to unmask: it must be between 2 and the "
+            "number of clients"
+        )
     check_delta(delta, total_users)
     q = cfg.privacy.get("sample_rate") or min(1.0, cfg.train.batch_size * num_clients / total_users)
     steps = int(cfg.strategy.num_rounds)
@@ -117,8 +131,20 @@ def distributed_plan(
     # Each user's loss rides along in its clipped vector (one more coordinate, +0.5 % noise), so
     # every round logs a real, DP training loss; random scores give about log(1 + negatives).
     loss_clip = 1.25 * math.log(1 + int(cfg.model.get("num_negatives", 128)))
-    return DistributedPlan(sigma, q, steps, delta, float(cfg.privacy.max_grad_norm), t, q * total_users,
-                           num_clients, math.sqrt(num_params + 1) * step, prior, LOSS_WEIGHT, loss_clip)  # fmt: skip
+    return DistributedPlan(
+        sigma,
+        q,
+        steps,
+        delta,
+        float(cfg.privacy.max_grad_norm),
+        t,
+        q * total_users,
+        num_clients,
+        math.sqrt(num_params + 1) * step,
+        prior,
+        LOSS_WEIGHT,
+        loss_clip,
+    )
 
 
 def check_protocol(plan: DistributedPlan, sample_number: int, threshold: int) -> None:

@@ -1,10 +1,12 @@
-"""Opacus DP-SGD for one client's training: the mechanism's settings and the private engine.
-"""
+"""Opacus DP-SGD for one client's training: the mechanism's settings and the private engine."""
 
 from __future__ import annotations
+
 import warnings
 from dataclasses import dataclass
+
 import torch
+
 from common.model.recommender import FrozenText, TextSeqRec
 
 

@@ -101,8 +101,10 @@ class PrivacyLedger:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 # Another process writing the same ledger would lose its rows or ours: refuse.
                 if _read_rows(self.path) != self.rows:
-                    raise PrivacyConfigError(f"{self.path}: changed by another process while this client trained "
-                                             "(two clients or runs share one ledger); not overwriting it")  # fmt: skip
+                    raise PrivacyConfigError(
+                        f"{self.path}: changed by another process while this client trained "
+                        "(two clients or runs share one ledger); not overwriting it"
+                    )
                 atomic_write(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in [*self.rows, entry]))
         self.rows.append(entry)
         return entry
@@ -116,8 +118,10 @@ def _read_rows(path: Path) -> list[dict]:
         try:
             rows.append(json.loads(line))
         except ValueError:
-            raise PrivacyConfigError(f"{path}, line {n}: not a ledger row (the ledger is damaged; "
-                                     "refusing to train rather than reset the budget)") from None  # fmt: skip
+            raise PrivacyConfigError(
+                f"{path}, line {n}: not a ledger row (the ledger is damaged; "
+                "refusing to train rather than reset the budget)"
+            ) from None
     return rows
 
 
@@ -178,8 +182,10 @@ def check_server_record(ledger: PrivacyLedger, config, client_id: int) -> None:
     recorded = json.loads(str(config.get("ledger_steps") or "{}")).get(str(client_id))
     held = ledger.accountant().steps
     if recorded is not None and held < int(recorded):
-        raise PrivacyConfigError(f"client {client_id}: privacy ledger lost or reset: holds {held} steps, the server "
-                                 f"recorded {int(recorded)}; refusing to train from a reset ε budget")  # fmt: skip
+        raise PrivacyConfigError(
+            f"client {client_id}: privacy ledger lost or reset: holds {held} steps, the server "
+            f"recorded {int(recorded)}; refusing to train from a reset ε budget"
+        )
 
 
 def budget_of(privacy_cfg) -> float:

@@ -4,13 +4,15 @@
 
 from __future__ import annotations
 
-from common.data.run import RunData, training_sequences
-from common.model.factory import build_model
 import json
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+
 from omegaconf import DictConfig, OmegaConf
+
+from common.data.run import RunData, training_sequences
+from common.model.factory import build_model
 from common.privacy.accounting import PrivacyConfigError, check_delta, noise_multiplier_for_plan
 from common.privacy.dp_sgd import DPSettings
 from common.training.local import sample_rate, steps_per_epoch, trainable_sequences
@@ -66,22 +68,30 @@ class ClientPlan:
     def to_dict(self) -> dict:
         """Flat scalars, to keep the plan in a Flower ConfigRecord."""
         return {
-            "num_users": self.num_users, "sample_rate": self.sample_rate,
-            "steps_per_round": self.steps_per_round, "total_steps": self.total_steps,
-            "delta": self.delta, "noise_multiplier": self.dp.noise_multiplier,
-            "max_grad_norm": self.dp.max_grad_norm, "secure_mode": self.dp.secure_mode,
-        }  # fmt: skip
+            "num_users": self.num_users,
+            "sample_rate": self.sample_rate,
+            "steps_per_round": self.steps_per_round,
+            "total_steps": self.total_steps,
+            "delta": self.delta,
+            "noise_multiplier": self.dp.noise_multiplier,
+            "max_grad_norm": self.dp.max_grad_norm,
+            "secure_mode": self.dp.secure_mode,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> "ClientPlan":
         dp = DPSettings(float(d["noise_multiplier"]), float(d["max_grad_norm"]), bool(d["secure_mode"]))
-        return cls(int(d["num_users"]), float(d["sample_rate"]), int(d["steps_per_round"]),
-                   int(d["total_steps"]), float(d["delta"]), dp)  # fmt: skip
+        return cls(
+            int(d["num_users"]),
+            float(d["sample_rate"]),
+            int(d["steps_per_round"]),
+            int(d["total_steps"]),
+            float(d["delta"]),
+            dp,
+        )
 
 
-def client_plan(
-    cfg: DictConfig, num_users: int, total_users: int, rounds: int, epochs_per_round: int
-) -> ClientPlan:
+def client_plan(cfg: DictConfig, num_users: int, total_users: int, rounds: int, epochs_per_round: int) -> ClientPlan:
     """The noise multiplier that spends exactly ``privacy.epsilon`` over the whole plan
     (every round the client could be sampled in × local steps). Raises PrivacyConfigError for
     a δ too large for the client's users or an ε no noise level reaches."""
@@ -128,8 +138,9 @@ def pooled_plan(cfg: DictConfig, run: RunData):
         total = run.split.num_users
         params = sum(p.numel() for p in build_model(cfg, run).parameters() if p.requires_grad)
         largest = max(len(trainable_sequences(training_sequences(run.split, rows))) for rows in run.partitions)
-        _POOLED[key] = distributed_plan(cfg, total, run.num_clients, run_delta(cfg, total), params,
-                                        run.data.num_items, largest)  # fmt: skip
+        _POOLED[key] = distributed_plan(
+            cfg, total, run.num_clients, run_delta(cfg, total), params, run.data.num_items, largest
+        )
     return _POOLED[key]
 
 

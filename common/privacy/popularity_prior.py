@@ -64,8 +64,10 @@ def popularity_prior_plan(
     if not 0.0 < share < 1.0:
         raise PrivacyConfigError(f"privacy.popularity_prior={share} must be a share of ε in [0, 1)")
     if not cfg.model.get("item_bias"):
-        raise PrivacyConfigError("privacy.popularity_prior needs model.item_bias=true: the prior is added to the "
-                                 "item bias (or set privacy.popularity_prior=0)")  # fmt: skip
+        raise PrivacyConfigError(
+            "privacy.popularity_prior needs model.item_bias=true: the prior is added to the "
+            "item bias (or set privacy.popularity_prior=0)"
+        )
     sigma = noise_multiplier_for_plan(share * float(cfg.privacy.epsilon), delta, 1.0, 1, cfg.privacy.accountant)
     c, levels = float(cfg.secagg.clipping_range), int(cfg.secagg.quantization_range)
     # A client's count of one item is at most its number of users (each adds <= 1); its noise

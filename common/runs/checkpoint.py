@@ -68,7 +68,7 @@ def save_checkpoint(run_dir: str | Path, ckpt: ServerCheckpoint) -> Path:
         arrays, opt_meta = _flatten_optimizer(ckpt.optimizer)
         tensors.update(arrays)
     meta = {"round": ckpt.round, "strategy": ckpt.strategy, "optimizer": opt_meta, "seconds": ckpt.seconds,
-            "config": ckpt.config, "catalogue": ckpt.catalogue, "resumed_from": ckpt.resumed_from}  # fmt: skip
+            "config": ckpt.config, "catalogue": ckpt.catalogue, "resumed_from": ckpt.resumed_from}
     from common.runs.store import replace_durably
 
     replace_durably(path, lambda tmp: save_file(tensors, str(tmp), metadata={_META: json.dumps(meta, sort_keys=True)}))
@@ -91,7 +91,7 @@ def load_checkpoint(run_dir: str | Path) -> ServerCheckpoint | None:
     weights = [tensors[k] for k in sorted(k for k in tensors if k.startswith("weight."))]
     optimizer = _unflatten_optimizer(tensors, meta["optimizer"]) if meta.get("optimizer") else None
     return ServerCheckpoint(int(meta["round"]), weights, meta["strategy"], optimizer, float(meta["seconds"]),
-                            meta["config"], meta["catalogue"], list(meta.get("resumed_from", [])))  # fmt: skip
+                            meta["config"], meta["catalogue"], list(meta.get("resumed_from", [])))
 
 
 def clear_checkpoint(run_dir: str | Path) -> None:
@@ -150,7 +150,7 @@ def check_config(ckpt: ServerCheckpoint, cfg: DictConfig, run_dir: str | Path, s
         more = f" (+{len(changed) - 4} more)" if len(changed) > 4 else ""
         where = source or checkpoint_path(run_dir)
         raise CheckpointError(f"resume=true: {where} was written with another config: {shown}"
-                              f"{more}; only {', '.join(MAY_CHANGE)}.* may change on resume")  # fmt: skip
+                              f"{more}; only {', '.join(MAY_CHANGE)}.* may change on resume")
 
 
 def check_completed_config(cfg: DictConfig, run_dir: str | Path) -> None:
@@ -159,7 +159,7 @@ def check_completed_config(cfg: DictConfig, run_dir: str | Path) -> None:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise CheckpointError(f"resume=true: {run_dir} holds a summary.json but neither a checkpoint nor a "
-                              "config.yaml to check it against; use a new output_dir")  # fmt: skip
+                              "config.yaml to check it against; use a new output_dir")
     check_config(ServerCheckpoint(0, [], config=fixed_config(OmegaConf.load(path))), cfg, run_dir, path)
 
 
@@ -173,7 +173,7 @@ def check_ledgers_survive(cfg: DictConfig) -> None:
     if per_client and not deployed and not privacy.get("ledger_dir") and not cfg.get("output_dir"):
         raise CheckpointError("resume=true with privacy on needs privacy.ledger_dir or the run folder (the "
                               "clients' ε ledgers on disk); without them their ledgers were lost with the killed "
-                              "run")  # fmt: skip
+                              "run")
 
 
 def resume_point(cfg: DictConfig, run_dir: str | Path) -> ServerCheckpoint | None:

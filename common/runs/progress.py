@@ -29,7 +29,7 @@ class RunProgress:
             return
         from rich.console import Console
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)  # fmt: skip
+                                   TimeRemainingColumn)
 
         self._bar = Progress(
             TextColumn("[bold]{task.description}"),

@@ -6,8 +6,6 @@ clipping bounds each user's influence: the DP guarantee is user-level.
 
 from __future__ import annotations
 
-from common.privacy.dp_sgd import DPSettings, make_private, per_sample_gradient_mode
-
 import logging
 import math
 import warnings
@@ -17,6 +15,7 @@ import torch
 from torch.nn import functional as F
 
 from common.model.recommender import TextSeqRec
+from common.privacy.dp_sgd import DPSettings, make_private, per_sample_gradient_mode
 
 log = logging.getLogger(__name__)
 # Opacus' per-sample hooks fire on modules whose inputs need no grad (frozen embeddings):
@@ -81,8 +80,9 @@ def user_loss(
 
 
 @torch.no_grad()
-def mean_loss(model: TextSeqRec, sequences: list[np.ndarray], num_items: int, num_negatives: int, seed: int,
-              batch_size: int = 256) -> float:
+def mean_loss(
+    model: TextSeqRec, sequences: list[np.ndarray], num_items: int, num_negatives: int, seed: int, batch_size: int = 256
+) -> float:
     """The users' mean training loss under ``model`` as it is (no training; fixed negatives):
     q-FFL's F_k, the loss of the received global model on a client's users."""
     seqs = trainable_sequences(sequences)
@@ -91,8 +91,10 @@ def mean_loss(model: TextSeqRec, sequences: list[np.ndarray], num_items: int, nu
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
-    losses = [user_loss(model, seqs[i : i + batch_size], model.max_len, num_items, num_negatives, gen, device)
-              for i in range(0, len(seqs), batch_size)]  # fmt: skip
+    losses = [
+        user_loss(model, seqs[i : i + batch_size], model.max_len, num_items, num_negatives, gen, device)
+        for i in range(0, len(seqs), batch_size)
+    ]
     return float(torch.cat(losses).mean())
 
 
@@ -170,5 +172,3 @@ def _train(model, seqs, num_items, epochs, batch_size, lr, num_negatives, seed, 
         "users": len(seqs),
         "history": history,
     }
-
-

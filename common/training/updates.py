@@ -1,7 +1,7 @@
-"""What a client sends (local − global), clipped and checked; and the server's check of a plain update.
-"""
+"""What a client sends (local − global), clipped and checked; and the server's check of a plain update."""
 
 from __future__ import annotations
+
 import numpy as np
 
 
@@ -9,12 +9,17 @@ def check_finite(arrays: list[np.ndarray], who: str) -> None:
     """A client never sends a NaN or Inf: the round fails for it (one line) instead."""
     bad = sum(int(np.size(a) - np.isfinite(a).sum()) for a in arrays)
     if bad:
-        raise ValueError(f"{who}: the update holds {bad} NaN/Inf value(s): training diverged; not sent "
-                         "(lower the learning rate: train.lr, or privacy.lr under DP)")  # fmt: skip
+        raise ValueError(
+            f"{who}: the update holds {bad} NaN/Inf value(s): training diverged; not sent "
+            "(lower the learning rate: train.lr, or privacy.lr under DP)"
+        )
 
 
 def update_problem(
-    arrays: list[np.ndarray], shapes: list[tuple[int, ...]], weight, max_norm: float | None,
+    arrays: list[np.ndarray],
+    shapes: list[tuple[int, ...]],
+    weight,
+    max_norm: float | None,
     max_weight: int | None,
 ) -> str | None:
     """Why the server must leave a plain (unmasked) client update out of the average, or None.
@@ -24,7 +29,9 @@ def update_problem(
     clients clip to, and a weight (its user count) no larger than the declared cap."""
     if len(arrays) != len(shapes) or any(tuple(np.shape(a)) != tuple(s) for a, s in zip(arrays, shapes)):
         got = [tuple(np.shape(a)) for a in arrays]
-        return f"shapes {got[:3]}{'…' if len(got) > 3 else ''} ({len(got)} tensors) are not the adapter's ({len(shapes)})"
+        return (
+            f"shapes {got[:3]}{'…' if len(got) > 3 else ''} ({len(got)} tensors) are not the adapter's ({len(shapes)})"
+        )
     bad = sum(int(np.size(a) - np.isfinite(a).sum()) for a in arrays)
     if bad:
         return f"{bad} NaN/Inf value(s)"

@@ -145,18 +145,34 @@ def data_fingerprint(config: dict, run_dir: Path) -> dict:
         candidates = [folder] if folder.is_absolute() else [Path.cwd() / folder, PROJECT / folder, run_dir / folder]
         found = next((c for c in candidates if c.is_dir()), None)
         if found is None:
-            return {"dataset": name, "method": "files", "path": str(path), "sha256": None,
-                    "note": f"dataset.path {path} not found when the report was written"}  # fmt: skip
+            return {
+                "dataset": name,
+                "method": "files",
+                "path": str(path),
+                "sha256": None,
+                "note": f"dataset.path {path} not found when the report was written",
+            }
         files = sorted(p for p in found.rglob("*") if p.is_file())
-        listing = [{"name": p.relative_to(found).as_posix(), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
-                   for p in files]  # fmt: skip
+        listing = [
+            {"name": p.relative_to(found).as_posix(), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in files
+        ]
         lines = "".join(f"{f['sha256']}  {f['name']}\n" for f in listing)
-        return {"dataset": name, "method": "files", "path": str(found.resolve()),
-                "sha256": hashlib.sha256(lines.encode("utf-8")).hexdigest(), "files": listing}  # fmt: skip
+        return {
+            "dataset": name,
+            "method": "files",
+            "path": str(found.resolve()),
+            "sha256": hashlib.sha256(lines.encode("utf-8")).hexdigest(),
+            "files": listing,
+        }
     if name == "synthetic":
         params = {k: v for k, v in dataset.items() if k != "path"}
-        return {"dataset": name, "method": "generator parameters", "parameters": params,
-                "sha256": config_sha256(params)}  # fmt: skip
+        return {
+            "dataset": name,
+            "method": "generator parameters",
+            "parameters": params,
+            "sha256": config_sha256(params),
+        }
     return {"dataset": name, "method": "none", "sha256": None, "note": "dataset.path is not set"}
 
 
@@ -219,8 +235,10 @@ def threat_model_summary(config: dict, path: Path = THREAT_MODEL) -> dict:
     if table:
         cells = [c.strip() for c in table[0].strip().strip("|").split("|")]
         if len(cells) >= 3:
-            quotes.append(f"What the server sees ({'secagg=secaggplus' if secagg else 'secagg=none'}): "
-                          f"{cells[2 if secagg else 1]}")  # fmt: skip
+            quotes.append(
+                f"What the server sees ({'secagg=secaggplus' if secagg else 'secagg=none'}): "
+                f"{cells[2 if secagg else 1]}"
+            )
     if secagg:
         quotes += [p for p in _paragraphs(sec.get("What each party sees", [])) if p.startswith("**Collusion")]
     noise = lookup(config, "privacy.noise")

@@ -31,12 +31,41 @@ from typing import Any
 
 from common.privacy.ledger import AGREEMENT, RESOLUTION
 from common.runs.store import atomic_write
-from simulations.audit.signing import (KeyFileError, SignatureError, generate_keypair, load_private_key, payload_sha256, sign_json, verify_json)
 from simulations.audit.facts import audit_block, budget_block, known_limits, privacy_block, secagg_block, spent_note
-from simulations.audit.identity import (ReportInputError, code_version, config_sha256, data_fingerprint, input_hashes, lookup, read_json, read_jsonl, read_yaml, sha256_file, threat_model_summary)
+from simulations.audit.identity import (
+    ReportInputError,
+    code_version,
+    config_sha256,
+    data_fingerprint,
+    input_hashes,
+    lookup,
+    read_json,
+    read_jsonl,
+    read_yaml,
+    sha256_file,
+    threat_model_summary,
+)
+from simulations.audit.signing import (
+    KeyFileError,
+    SignatureError,
+    generate_keypair,
+    load_private_key,
+    payload_sha256,
+    sign_json,
+    verify_json,
+)
 
-__all__ = ["ReportInputError", "SignatureError", "add_arguments", "build_payload", "config_sha256",
-           "data_fingerprint", "main", "verify_report", "write_report"]  # fmt: skip
+__all__ = [
+    "ReportInputError",
+    "SignatureError",
+    "add_arguments",
+    "build_payload",
+    "config_sha256",
+    "data_fingerprint",
+    "main",
+    "verify_report",
+    "write_report",
+]
 
 FORMAT = "fedrec-privacy-audit/1"
 KEY_NAME = "fedrec_audit_ed25519"
@@ -70,8 +99,11 @@ def findings(payload: dict) -> list[dict]:
         add("red", f"δ = {pv['delta']:g} is not below 1/{pv['units_protected']}.")
     if pv["enabled"]:
         if bud["exceeded"]:
-            bad = [f"client {c} (round {', '.join(map(str, v['exceeded_rounds']))})" for c, v in bud["clients"].items()
-                   if v["exceeded_rounds"]]  # fmt: skip
+            bad = [
+                f"client {c} (round {', '.join(map(str, v['exceeded_rounds']))})"
+                for c, v in bud["clients"].items()
+                if v["exceeded_rounds"]
+            ]
             add("red", f"Budget EXCEEDED: {', '.join(bad)}.")
         elif bud["clients"]:
             add("ok", f"No client's ε ever exceeded its budget ({bud['source']}).")
@@ -125,17 +157,23 @@ def build_payload(run_dir: Path, control: Path | None = None) -> tuple[dict, dic
         "format": FORMAT,
         "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "run": {
-            "dir": str(run_dir.resolve()), "kind": summary.get("kind"), "config_sha256": config_sha256(config),
-            "code": code, "data": data_fingerprint(config, run_dir), "seed": config.get("seed"),
-            "partition": lookup(config, "partition.scheme"), "clients": lookup(summary, "data.clients"),
-            "users": lookup(summary, "data.users"), "rounds": lookup(summary, "timing.rounds"),
+            "dir": str(run_dir.resolve()),
+            "kind": summary.get("kind"),
+            "config_sha256": config_sha256(config),
+            "code": code,
+            "data": data_fingerprint(config, run_dir),
+            "seed": config.get("seed"),
+            "partition": lookup(config, "partition.scheme"),
+            "clients": lookup(summary, "data.clients"),
+            "users": lookup(summary, "data.users"),
+            "rounds": lookup(summary, "timing.rounds"),
             "inputs": input_hashes(run_dir),
         },
         "privacy": privacy,
         "threat_model": threat_model_summary(config),
         "secure_aggregation": secagg_block(config, summary),
         "budget": budget_block(config, summary, ledger, metrics),
-    }  # fmt: skip
+    }
     payload["audit"], rocs = audit_block(run_dir, control)
     payload["audit"]["interpretation"] += spent_note(payload["audit"], privacy)
     payload["known_limits"] = known_limits(config, privacy)
@@ -155,8 +193,10 @@ def write_report(run_dir: str | Path, key: str | Path | None = None, control: st
     (out / "plots").mkdir(parents=True, exist_ok=True)
     written = []
     payload["plots"] = {}
-    for name, draw in (("epsilon_per_round", lambda p: render.epsilon_plot(payload["budget"], p)),
-                       ("mia_roc", lambda p: render.roc_plot(rocs, payload["audit"], p))):  # fmt: skip
+    for name, draw in (
+        ("epsilon_per_round", lambda p: render.epsilon_plot(payload["budget"], p)),
+        ("mia_roc", lambda p: render.roc_plot(rocs, payload["audit"], p)),
+    ):
         path = out / "plots" / f"{name}.png"
         skipped = draw(path)
         if skipped is None:
@@ -171,8 +211,11 @@ def write_report(run_dir: str | Path, key: str | Path | None = None, control: st
     document = sign_json(payload, key) if key else {"payload": payload, "signature": None}
     as_json = json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
     # report.json last: a reader that finds it finds the renderings of the same payload.
-    for name, text in (("report.md", render.render_markdown(document)), ("report.html", render.render_html(document)),
-                       ("report.json", as_json)):  # fmt: skip
+    for name, text in (
+        ("report.md", render.render_markdown(document)),
+        ("report.html", render.render_html(document)),
+        ("report.json", as_json),
+    ):
         atomic_write(out / name, text)
         written.append(out / name)
     return written
@@ -216,8 +259,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
     doc = json.loads((Path(args.run_dir) / "audit" / "report.json").read_text(encoding="utf-8"))
     reds = [f["text"] for f in doc["payload"]["findings"] if f["level"] == "red"]
-    print(("signed" if doc["signature"] else "UNSIGNED (no --key)") + "; "
-          + (f"{len(reds)} red flag(s): {reds[0]}" if reds else "no red flags"))  # fmt: skip
+    print(
+        ("signed" if doc["signature"] else "UNSIGNED (no --key)")
+        + "; "
+        + (f"{len(reds)} red flag(s): {reds[0]}" if reds else "no red flags")
+    )
     return 0
 
 
@@ -260,8 +306,12 @@ def add_arguments(subparsers: argparse._SubParsersAction, prog: str = "fedrec au
     p = subparsers.add_parser("report", help="signed privacy audit report of one run (RUN_DIR/audit/report.*)")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a completed run folder")
     p.add_argument("--key", type=Path, metavar="PRIVATE_KEY_PEM", help="sign report.json with this Ed25519 key")
-    p.add_argument("--control", type=Path, metavar="RUN_DIR2",
-                   help="a non-private run audited the same way, shown beside as the positive control")  # fmt: skip
+    p.add_argument(
+        "--control",
+        type=Path,
+        metavar="RUN_DIR2",
+        help="a non-private run audited the same way, shown beside as the positive control",
+    )
     p.set_defaults(func=_guarded(_cmd_report), audit_prog=f"{prog} report")
     p = subparsers.add_parser("verify", help="check a report's signature and that the files it pins are unchanged")
     p.add_argument("report", type=Path, metavar="REPORT_JSON")

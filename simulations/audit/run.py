@@ -25,7 +25,7 @@ from common.data.types import DataError
 from common.model.item_encoder import ModelPathError
 from common.privacy.accounting import PrivacyConfigError
 from common.privacy.canaries import audit_canaries, roc_auc, roc_curve
-from common.runs.store import json_safe, atomic_write
+from common.runs.store import atomic_write, json_safe
 from simulations.run import app_overrides, completed_summary, execute  # also sets the offline env variables
 
 log = logging.getLogger("fedrec")
@@ -50,29 +50,41 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 def run_from_args(args: argparse.Namespace, prog: str = "fedrec audit run") -> int:
     _setup_logging()
     try:
-        report = audit_run(args.run_dir, args.canaries, args.holdout, args.seed, args.canary_length, args.draws,
-                           args.retrain)  # fmt: skip
+        report = audit_run(
+            args.run_dir, args.canaries, args.holdout, args.seed, args.canary_length, args.draws, args.retrain
+        )
     except (AuditError, DataError, PrivacyConfigError, ModelPathError, ValueError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     c, mia = report["canaries"], report["mia"]
     theory = "none (not private)" if report["epsilon_theory"] is None else f"{report['epsilon_theory']:.2f}"
     print(f"MIA (loss threshold): AUC {mia['auc']:.3f}, {mia['members']} members vs {mia['non_members']} held out")
-    print(f"canaries: {c['correct']}/{c['guesses']} guesses correct (k+={c['k_plus']}, k-={c['k_minus']}, "
-          f"{c['included']}/{c['m']} included): epsilon >= {c['epsilon_lower_bound']:.3f} at {c['confidence']:.0%} "
-          f"confidence, delta={report['delta']:g}; epsilon spent: {theory}")  # fmt: skip
+    print(
+        f"canaries: {c['correct']}/{c['guesses']} guesses correct (k+={c['k_plus']}, k-={c['k_minus']}, "
+        f"{c['included']}/{c['m']} included): epsilon >= {c['epsilon_lower_bound']:.3f} at {c['confidence']:.0%} "
+        f"confidence, delta={report['delta']:g}; epsilon spent: {theory}"
+    )
     if report["violation"]:
         bar = "!" * 78
-        print(f"\n{bar}\n!! PRIVACY AUDIT VIOLATION: the empirical lower bound {c['epsilon_lower_bound']:.3f} exceeds\n"
-              f"!! the epsilon the run claims to spend ({report['epsilon_theory']:.3f}). Either a DP bug or an unlucky\n"
-              f"!! draw (5 %): re-run with another --seed before trusting this run's guarantee.\n{bar}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"\n{bar}\n!! PRIVACY AUDIT VIOLATION: the empirical lower bound {c['epsilon_lower_bound']:.3f} exceeds\n"
+            f"!! the epsilon the run claims to spend ({report['epsilon_theory']:.3f}). Either a DP bug or an unlucky\n"
+            f"!! draw (5 %): re-run with another --seed before trusting this run's guarantee.\n{bar}",
+            file=sys.stderr,
+        )
     print(f"wrote {Path(report['run']) / 'audit' / 'audit.json'}")
     return 0
 
 
-def audit_run(run_dir: Path, canaries: int = 200, holdout: float = 0.5, seed: int = 0, canary_length: int = 20,
-              draws: int = 8, retrain: bool = False) -> dict:  # fmt: skip
+def audit_run(
+    run_dir: Path,
+    canaries: int = 200,
+    holdout: float = 0.5,
+    seed: int = 0,
+    canary_length: int = 20,
+    draws: int = 8,
+    retrain: bool = False,
+) -> dict:
     """Train with canaries into RUN_DIR/audit/train (unless already done), score, write audit.json."""
     start = time.perf_counter()
     run_dir = Path(run_dir).resolve()
@@ -82,12 +94,18 @@ def audit_run(run_dir: Path, canaries: int = 200, holdout: float = 0.5, seed: in
     if not 0 < holdout < 1:
         raise AuditError(f"--holdout must be in (0, 1), got {holdout}")
     train_dir = run_dir / "audit" / "train"
-    audit_cfg, overrides = audit_config(cfg, train_dir, canaries, holdout, seed, canary_length,
-                                        (original.get("privacy") or {}).get("delta"))  # fmt: skip
+    audit_cfg, overrides = audit_config(
+        cfg, train_dir, canaries, holdout, seed, canary_length, (original.get("privacy") or {}).get("delta")
+    )
     summary = None if retrain else completed_summary(audit_cfg, train_dir)
     if summary is None:
-        log.info("fedrec audit: training %s with %d canaries, %.0f %% of users held out -> %s",
-                 run_dir.name, canaries, 100 * holdout, train_dir)  # fmt: skip
+        log.info(
+            "fedrec audit: training %s with %d canaries, %.0f %% of users held out -> %s",
+            run_dir.name,
+            canaries,
+            100 * holdout,
+            train_dir,
+        )
         summary = execute(audit_cfg, overrides, train_dir)
     else:
         log.info("fedrec audit: %s already holds this audit's training run; scoring it", train_dir)
@@ -105,16 +123,18 @@ def _read_run(run_dir: Path) -> tuple[DictConfig, dict]:
             raise AuditError(f"{run_dir / name} not found (not a completed run folder)")
     cfg = OmegaConf.load(run_dir / "config.yaml")
     if cfg.get("baseline") in NO_MODEL:
-        raise AuditError(f"{run_dir}: baseline={cfg.baseline} {NO_MODEL[cfg.baseline]}; audit a federated or "
-                         "centralized run")  # fmt: skip
+        raise AuditError(
+            f"{run_dir}: baseline={cfg.baseline} {NO_MODEL[cfg.baseline]}; audit a federated or centralized run"
+        )
     try:
         return cfg, json.loads((run_dir / "summary.json").read_text())
     except ValueError as e:
         raise AuditError(f"{run_dir / 'summary.json'}: not valid JSON ({e})") from None
 
 
-def audit_config(cfg: DictConfig, out: Path, canaries: int, holdout: float, seed: int, length: int,
-                 delta: float | None = None) -> tuple[DictConfig, list[str]]:  # fmt: skip
+def audit_config(
+    cfg: DictConfig, out: Path, canaries: int, holdout: float, seed: int, length: int, delta: float | None = None
+) -> tuple[DictConfig, list[str]]:
     """RUN_DIR's config with the audit block set, and the Hydra overrides the Flower apps
     compose it from. δ is pinned to the run's (``delta``): the default δ follows the user
     count, which canaries change, and the audit must train under the original plan's δ."""
@@ -150,8 +170,10 @@ def overrides_for(want: dict) -> list[str]:
     have, need = _flatten(_composed(choices)), _flatten(want)
     overrides = choices + [f"{k}={_value(v)}" for k, v in sorted(need.items()) if k in have and have[k] != v]
     if have.keys() ^ need.keys():
-        log.info("fedrec audit: config keys new since the run keep their defaults, removed ones are dropped: %s",
-                 ", ".join(sorted(have.keys() ^ need.keys())))  # fmt: skip
+        log.info(
+            "fedrec audit: config keys new since the run keep their defaults, removed ones are dropped: %s",
+            ", ".join(sorted(have.keys() ^ need.keys())),
+        )
     got = _flatten(_composed(overrides))
     diff = sorted(k for k in got.keys() & need.keys() if got[k] != need[k])
     if diff:
@@ -216,11 +238,11 @@ def _value(v) -> str:
 
 def score_run(cfg: DictConfig, summary: dict, train_dir: Path, draws: int = 8) -> dict:
     """The audit.json body for a finished audit training run (without run/train_dir/seconds)."""
+    from common.data.run import load_run_data
     from common.device import resolve_device
-    from common.serialization import load_adapter
     from common.model.factory import build_model
     from common.privacy.plans import default_delta
-    from common.data.run import load_run_data
+    from common.serialization import load_adapter
 
     run = load_run_data(cfg)
     info = run.audit
@@ -253,15 +275,21 @@ def score_run(cfg: DictConfig, summary: dict, train_dir: Path, draws: int = 8) -
         "epsilon_theory": theory,
         "delta": delta,
         "canaries": bound,
-        "mia": {"members": int(len(member)), "non_members": int(len(outsider)), "auc": roc_auc(member, outsider),
-                "roc": {"fpr": fpr, "tpr": tpr}, "score": "minus the per-user training loss"},  # fmt: skip
+        "mia": {
+            "members": int(len(member)),
+            "non_members": int(len(outsider)),
+            "auc": roc_auc(member, outsider),
+            "roc": {"fpr": fpr, "tpr": tpr},
+            "score": "minus the per-user training loss",
+        },
         "violation": bool(theory is not None and bound["epsilon_lower_bound"] > theory),
     }
 
 
 @torch.no_grad()
-def membership_scores(model, seqs: list[np.ndarray], num_items: int, num_negatives: int, draws: int = 8,
-                      seed: int = 0, batch: int = 256) -> np.ndarray:  # fmt: skip
+def membership_scores(
+    model, seqs: list[np.ndarray], num_items: int, num_negatives: int, draws: int = 8, seed: int = 0, batch: int = 256
+) -> np.ndarray:
     """Minus each user's training loss (the loss DP-SGD minimised), averaged over ``draws``
     draws of sampled negatives from a fixed generator; dropout off."""
     from common.training.local import user_loss

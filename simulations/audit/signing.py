@@ -97,9 +97,7 @@ def _write_new(path: Path, data: bytes, mode: int, overwrite: bool) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def generate_keypair(
-    private_path: str | Path, public_path: str | Path, overwrite: bool = False
-) -> tuple[Path, Path]:
+def generate_keypair(private_path: str | Path, public_path: str | Path, overwrite: bool = False) -> tuple[Path, Path]:
     """A new Ed25519 key pair as PEM files: the private key (PKCS#8, unencrypted, mode 0600)
     and the public key (mode 0644). Refuses to replace either existing file unless
     ``overwrite``: a replaced key would make every report signed with it unverifiable."""
@@ -138,8 +136,9 @@ def load_private_key(path: str | Path) -> Ed25519PrivateKey:
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except TypeError:
-        raise KeyFileError(f"{path}: the private key is encrypted; fedrec expects an unencrypted PKCS#8 key "
-                           "(mode 0600)") from None  # fmt: skip
+        raise KeyFileError(
+            f"{path}: the private key is encrypted; fedrec expects an unencrypted PKCS#8 key (mode 0600)"
+        ) from None
     except (ValueError, UnsupportedAlgorithm):
         raise KeyFileError(f"{path}: not a PEM private key") from None
     if not isinstance(key, Ed25519PrivateKey):
@@ -188,8 +187,10 @@ def verify_json(document: Any, public_key_path: str | Path) -> None:
         raise SignatureError(f"malformed document: a JSON object expected, got {type(document).__name__}")
     if set(document) != DOCUMENT_KEYS:
         extra, missing = sorted(set(document) - DOCUMENT_KEYS), sorted(DOCUMENT_KEYS - set(document))
-        raise SignatureError(f"malformed document: top-level keys must be exactly payload, signature "
-                             f"(missing: {missing or 'none'}; unexpected: {extra or 'none'})")  # fmt: skip
+        raise SignatureError(
+            f"malformed document: top-level keys must be exactly payload, signature "
+            f"(missing: {missing or 'none'}; unexpected: {extra or 'none'})"
+        )
     sig = document["signature"]
     if sig is None:
         raise SignatureError("the document is not signed (signature is null)")
@@ -214,8 +215,10 @@ def verify_json(document: Any, public_key_path: str | Path) -> None:
         key.verify(value, message)
     except InvalidSignature:
         if sig["public_key_sha256"] != expected:
-            raise SignatureError(f"signed by another key (sha256 {str(sig['public_key_sha256'])[:16]}…), "
-                                 f"not by {public_key_path} (sha256 {expected[:16]}…)") from None  # fmt: skip
+            raise SignatureError(
+                f"signed by another key (sha256 {str(sig['public_key_sha256'])[:16]}…), "
+                f"not by {public_key_path} (sha256 {expected[:16]}…)"
+            ) from None
         raise SignatureError("signature does not match the payload: the document was changed after signing") from None
     if sig["public_key_sha256"] != expected:
         # Valid signature but a wrong key name: someone edited the unsigned field.

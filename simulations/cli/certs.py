@@ -15,17 +15,25 @@ from common.deployment import certs
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", metavar="DIR", help="folder to write the key material to")
     parser.add_argument(
-        "--org", dest="orgs", action="append", required=True, metavar="NAME",
+        "--org",
+        dest="orgs",
+        action="append",
+        required=True,
+        metavar="NAME",
         help="an organisation running a SuperNode (repeat for each); letters, digits, . _ -",
     )
     parser.add_argument(
-        "--server-name", dest="server_names", action="append", metavar="HOST",
+        "--server-name",
+        dest="server_names",
+        action="append",
+        metavar="HOST",
         help="DNS name or IP address the SuperNodes use to reach the SuperLink (repeat for each; "
         "default: localhost and 127.0.0.1; 127.0.0.1 is always added)",
     )
     parser.add_argument("--days", type=int, default=365, help="validity of the certificates (default 365)")
     parser.add_argument(
-        "--force", action="store_true",
+        "--force",
+        action="store_true",
         help="replace existing keys and certificates (makes a NEW CA: every organisation needs its new folder)",
     )
 

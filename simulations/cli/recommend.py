@@ -18,11 +18,19 @@ TEXT_WIDTH = 70
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--adapter", required=True, metavar="DIR",
-                        help="the run folder (with config.yaml and adapter/) or its adapter/ subfolder")  # fmt: skip
-    parser.add_argument("--data", metavar="DIR", default=None,
-                        help="data folder, overriding the run's dataset.path; leave out for dataset=synthetic "
-                             "or when the run's own path is still valid")  # fmt: skip
+    parser.add_argument(
+        "--adapter",
+        required=True,
+        metavar="DIR",
+        help="the run folder (with config.yaml and adapter/) or its adapter/ subfolder",
+    )
+    parser.add_argument(
+        "--data",
+        metavar="DIR",
+        default=None,
+        help="data folder, overriding the run's dataset.path; leave out for dataset=synthetic "
+        "or when the run's own path is still valid",
+    )
     parser.add_argument("--user", required=True, metavar="ID", help="the user id as in the data (e.g. u00042)")
     parser.add_argument("-k", type=int, default=10, help="number of items (default 10)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -44,7 +52,7 @@ def format_recommendations(items: list[dict]) -> str:
 def run_from_args(args: argparse.Namespace, prog: str = "fedrec recommend") -> int:
     from common.data import DataError
     from common.model.item_encoder import ModelPathError
-    from common.recommend import RecommendError, Recommender
+    from common.recommend import Recommender, RecommendError
 
     try:
         items = Recommender(args.adapter, args.data).recommend(args.user, args.k)

@@ -89,29 +89,55 @@ def fairness_blocks(runs: list[Run]) -> list[tuple[str, Any]]:
         return []
     values = [fairness_values(r) for r in complete]
     if all(x is None for v in values for x in v.values()):
-        return [("h2", "Fairness"), ("p", "No run's summary.json has a fairness block beyond the per-client "
-                                          "results (runs made before fairness existed).")]  # fmt: skip
-    head = ["run", "ε", "NDCG@10", "NDCG@10 advantaged", "NDCG@10 disadvantaged", "gap", "worst attribute gap",
-            "clients worst-10 %", "clients Gini", "coverage@10", "long-tail share@10", "exposure Gini@10"]  # fmt: skip
+        return [
+            ("h2", "Fairness"),
+            (
+                "p",
+                "No run's summary.json has a fairness block beyond the per-client "
+                "results (runs made before fairness existed).",
+            ),
+        ]
+    head = [
+        "run",
+        "ε",
+        "NDCG@10",
+        "NDCG@10 advantaged",
+        "NDCG@10 disadvantaged",
+        "gap",
+        "worst attribute gap",
+        "clients worst-10 %",
+        "clients Gini",
+        "coverage@10",
+        "long-tail share@10",
+        "exposure Gini@10",
+    ]
     users, rest = list(PATHS)[:3], list(PATHS)[3:]  # the activity columns, then clients and items
 
     def row(label: str, r: Run, v: dict[str, Any], ndcg: Any) -> list[str]:
         name, gap = (v[k] for k in WORST)
         worst = "-" if name is None else f"{name} {gap:.4f}"
-        return [label, fmt(r.epsilon, ".2f"), fmt(_number(ndcg), ".4f"), *(fmt(v[k], ".4f") for k in users),
-                worst, *(fmt(v[k], ".4f") for k in rest)]  # fmt: skip
+        return [
+            label,
+            fmt(r.epsilon, ".2f"),
+            fmt(_number(ndcg), ".4f"),
+            *(fmt(v[k], ".4f") for k in users),
+            worst,
+            *(fmt(v[k], ".4f") for k in rest),
+        ]
 
     rows = []
     for r, v in zip(complete, values):
         rows.append(row(r.label, r, v, r.get("metrics", "full", FAIR_METRIC)))
         if isinstance(r.get("fairness", RERANK), dict):
             rows.append(row(f"{r.label} + UGF re-rank", r, _rerank_values(r), r.get("metrics", RERANK, FAIR_METRIC)))
-    note = (f"Advantaged users = the top {top_share(complete)} most active by training interactions (Li et al., "
-            "WWW'21), disadvantaged = the rest; gap = advantaged − disadvantaged NDCG@10. Worst attribute gap = the "
-            "largest best-minus-worst group NDCG@10 gap over the user attributes. Clients: mean NDCG@10 of the worst "
-            "10 % of clients and the Gini of the clients' NDCG@10. Items: share of the items in some top-10 list "
-            "(coverage), share of the top-10 slots given to the long tail (the 80 % least-interacted items in "
-            "training), Gini of the items' top-10 exposure. \"+ UGF re-rank\" rows: the same run's lists after each "
-            "client re-ranked its users' top-N to narrow the activity gap within a loss of expected NDCG@10 "
-            "(eval.rerank). - = not in the run's summary.json (older run).")
+    note = (
+        f"Advantaged users = the top {top_share(complete)} most active by training interactions (Li et al., "
+        "WWW'21), disadvantaged = the rest; gap = advantaged − disadvantaged NDCG@10. Worst attribute gap = the "
+        "largest best-minus-worst group NDCG@10 gap over the user attributes. Clients: mean NDCG@10 of the worst "
+        "10 % of clients and the Gini of the clients' NDCG@10. Items: share of the items in some top-10 list "
+        "(coverage), share of the top-10 slots given to the long tail (the 80 % least-interacted items in "
+        "training), Gini of the items' top-10 exposure. \"+ UGF re-rank\" rows: the same run's lists after each "
+        "client re-ranked its users' top-N to narrow the activity gap within a loss of expected NDCG@10 "
+        "(eval.rerank). - = not in the run's summary.json (older run)."
+    )
     return [("h2", "Fairness"), ("p", note), ("table", (head, rows))]

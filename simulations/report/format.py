@@ -1,7 +1,7 @@
-"""Number formatting shared by the report's tables.
-"""
+"""Number formatting shared by the report's tables."""
 
 from __future__ import annotations
+
 import math
 from typing import Any
 

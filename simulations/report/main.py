@@ -47,12 +47,18 @@ def csv_rows(runs: list[Run], metric: str) -> list[dict[str, str]]:
     for run in runs:
         clients = run.client_values(metric)
         row: dict[str, Any] = {
-            "run": run.rel, "status": "complete" if run.complete else "incomplete", "kind": run.kind,
-            "label": run.label, "setting": run.setting, "seed": run.config.get("seed"),
+            "run": run.rel,
+            "status": "complete" if run.complete else "incomplete",
+            "kind": run.kind,
+            "label": run.label,
+            "setting": run.setting,
+            "seed": run.config.get("seed"),
             "dataset": run.get("data", "dataset") or run.config.get("dataset.name"),
             "clients": run.get("data", "clients") or run.config.get("partition.num_clients"),
-            "epsilon": run.epsilon, "delta": run.get("privacy", "delta"),
-            **{m: run.metric(m) for m in metrics}, "sampled_ndcg@10": run.metric("sampled_ndcg@10"),
+            "epsilon": run.epsilon,
+            "delta": run.get("privacy", "delta"),
+            **{m: run.metric(m) for m in metrics},
+            "sampled_ndcg@10": run.metric("sampled_ndcg@10"),
             "eval_users": run.get("eval_users"),
             "rounds": run.get("timing", "rounds") if run.complete else run.last_round,
             "seconds_total": run.get("timing", "seconds_total"),
@@ -62,8 +68,9 @@ def csv_rows(runs: list[Run], metric: str) -> list[dict[str, str]]:
             "bytes_down_per_client_per_round": run.row_mean("bytes_down_per_client"),
             f"client_{metric}_min": min(clients) if clients else None,
             f"client_{metric}_mean": statistics.fmean(clients) if clients else None,
-            f"client_{metric}_max": max(clients) if clients else None, **fairness_values(run),
-        }  # fmt: skip
+            f"client_{metric}_max": max(clients) if clients else None,
+            **fairness_values(run),
+        }
         out.append({k: _csv_num(v) for k, v in row.items()})
     return out
 
@@ -85,10 +92,12 @@ def build_report(root: Path, out: Path | None = None, metric: str = "ndcg@10") -
     groups = group_runs(runs, metric)
     written = []
     plots: dict[str, str | None] = {}
-    for name, draw in (("utility_vs_epsilon", report_plots.utility_vs_epsilon),
-                       ("metric_per_round", report_plots.metric_per_round),
-                       ("per_client", report_plots.per_client),
-                       ("group_ndcg_vs_epsilon", report_plots.group_ndcg_vs_epsilon)):  # fmt: skip
+    for name, draw in (
+        ("utility_vs_epsilon", report_plots.utility_vs_epsilon),
+        ("metric_per_round", report_plots.metric_per_round),
+        ("per_client", report_plots.per_client),
+        ("group_ndcg_vs_epsilon", report_plots.group_ndcg_vs_epsilon),
+    ):
         path = out / "plots" / f"{name}.png"
         plots[name] = draw(runs, groups, metric, path)
         if plots[name] is None:
@@ -103,8 +112,11 @@ def build_report(root: Path, out: Path | None = None, metric: str = "ndcg@10") -
     from simulations.report.render import build_blocks, render_html, render_markdown
 
     blocks = build_blocks(root, runs, groups, metric, plots)
-    for name, text in (("results.csv", buf.getvalue()), ("report.md", render_markdown(blocks)),
-                       ("report.html", render_html(blocks))):  # fmt: skip
+    for name, text in (
+        ("results.csv", buf.getvalue()),
+        ("report.md", render_markdown(blocks)),
+        ("report.html", render_html(blocks)),
+    ):
         atomic_write(out / name, text)
         written.append(out / name)
     return runs, written
@@ -113,9 +125,12 @@ def build_report(root: Path, out: Path | None = None, metric: str = "ndcg@10") -
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", type=Path, metavar="DIR", help="searched recursively for run folders (with config.yaml)")
     parser.add_argument("--out", type=Path, metavar="OUTDIR", help="where the report is written (default: DIR)")
-    parser.add_argument("--metric", default="ndcg@10",
-                        help="metric of the plots, seed means and per-client columns (default ndcg@10; e.g. hr@10, "
-                             "mrr, sampled_ndcg@10)")  # fmt: skip
+    parser.add_argument(
+        "--metric",
+        default="ndcg@10",
+        help="metric of the plots, seed means and per-client columns (default ndcg@10; e.g. hr@10, "
+        "mrr, sampled_ndcg@10)",
+    )
 
 
 def run_from_args(args: argparse.Namespace, prog: str = "fedrec report") -> int:

@@ -89,11 +89,19 @@ def _epsilon_curve(ax, groups: list[Group], x_inf: float, label: str | None, mar
     err = np.array([[g.mean - min(g.values) for g in points], [max(g.values) - g.mean for g in points]])
     fin = [i for i, x in enumerate(xs) if x != x_inf]
     if fin:
-        ax.errorbar([xs[i] for i in fin], [ys[i] for i in fin], yerr=err[:, fin], label=label, marker=marker,
-                    capsize=3, **line)  # fmt: skip
+        ax.errorbar(
+            [xs[i] for i in fin], [ys[i] for i in fin], yerr=err[:, fin], label=label, marker=marker, capsize=3, **line
+        )
     if len(fin) < len(xs):
-        ax.errorbar([x_inf], [ys[-1]], yerr=err[:, -1:], marker=marker, capsize=3,
-                    **{**line, "linestyle": "none"}, label=None if fin else label)  # fmt: skip
+        ax.errorbar(
+            [x_inf],
+            [ys[-1]],
+            yerr=err[:, -1:],
+            marker=marker,
+            capsize=3,
+            **{**line, "linestyle": "none"},
+            label=None if fin else label,
+        )
         if fin:
             ax.plot([xs[fin[-1]], x_inf], [ys[fin[-1]], ys[-1]], color=line["color"], linestyle=":")
 
@@ -127,8 +135,10 @@ def group_ndcg_vs_epsilon(runs: list[Run], groups: list[Group], metric: str, pat
     NDCG@10 relative to its own value there (DP's disparate impact, Bagdasaryan et al. 2019)."""
     from simulations.report.runs import group_runs
 
-    by_group = {name: [g for g in group_runs(runs, column(key)) if g.kind != "popularity" and g.epsilon is not None]
-                for name, (key, _) in ACTIVITY_GROUPS.items()}  # fmt: skip
+    by_group = {
+        name: [g for g in group_runs(runs, column(key)) if g.kind != "popularity" and g.epsilon is not None]
+        for name, (key, _) in ACTIVITY_GROUPS.items()
+    }
     if not any(by_group.values()):
         return "no run reports NDCG@10 per activity group (summary.json fairness.users.activity; older runs lack it)"
     finite = [g.epsilon for gs in by_group.values() for g in gs if math.isfinite(g.epsilon)]
@@ -182,8 +192,10 @@ def metric_per_round(runs: list[Run], groups: list[Group], metric: str, path: Pa
         if len({x for x, _ in evals}) > 1:
             (handles[name],) = eval_ax.plot(*zip(*evals), marker=".", label=name, **style)
             drawn_eval += 1
-    for ax, drawn, text in ((loss_ax, drawn_loss, "no training loss logged"),
-                            (eval_ax, drawn_eval, "evaluated only at the end")):  # fmt: skip
+    for ax, drawn, text in (
+        (loss_ax, drawn_loss, "no training loss logged"),
+        (eval_ax, drawn_eval, "evaluated only at the end"),
+    ):
         ax.set_xlabel(ROUND_LABEL)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(True, alpha=0.3)
@@ -198,8 +210,15 @@ def metric_per_round(runs: list[Run], groups: list[Group], metric: str, path: Pa
     fig.tight_layout()
     if handles:
         small = len(handles) > 10
-        fig.legend(handles.values(), handles.keys(), loc="upper center", bbox_to_anchor=(0.5, 0.0),
-                   ncol=2 if len(handles) > 4 else 1, fontsize=7 if small else 8, frameon=False)  # fmt: skip
+        fig.legend(
+            handles.values(),
+            handles.keys(),
+            loc="upper center",
+            bbox_to_anchor=(0.5, 0.0),
+            ncol=2 if len(handles) > 4 else 1,
+            fontsize=7 if small else 8,
+            frameon=False,
+        )
     _save(fig, path)
     return None
 
@@ -217,15 +236,28 @@ def per_client(runs: list[Run], groups: list[Group], metric: str, path: Path) ->
     # Horizontal boxes: long run labels read left to right instead of rotated.
     fig, ax = plt.subplots(figsize=(11, max(3.0, 0.6 * len(data) + 1.6)))
     positions = np.arange(1, len(data) + 1)
-    ax.boxplot([v for _, v in data], positions=positions, orientation="horizontal", widths=0.6,
-               showfliers=False, medianprops={"color": "black"})  # fmt: skip
+    ax.boxplot(
+        [v for _, v in data],
+        positions=positions,
+        orientation="horizontal",
+        widths=0.6,
+        showfliers=False,
+        medianprops={"color": "black"},
+    )
     rng = np.random.default_rng(0)  # fixed jitter: the same report looks the same twice
     for pos, (run, values) in zip(positions, data):
         ax.scatter(values, pos + rng.uniform(-0.18, 0.18, len(values)), s=14, alpha=0.6, color="tab:blue", zorder=3)
     overall = [(p, r.metric(metric)) for p, (r, _) in zip(positions, data) if r.metric(metric) is not None]
     if overall:
-        ax.scatter([v for _, v in overall], [p for p, _ in overall], marker="D", s=40, color="tab:red", zorder=4,
-                   label="all users (run's overall result)")  # fmt: skip
+        ax.scatter(
+            [v for _, v in overall],
+            [p for p, _ in overall],
+            marker="D",
+            s=40,
+            color="tab:red",
+            zorder=4,
+            label="all users (run's overall result)",
+        )
         ax.scatter([], [], s=14, color="tab:blue", alpha=0.6, label="one client (its own users)")
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ax.set_yticks(positions, [textwrap.fill(r.label, 42) for r, _ in data], fontsize=8)

@@ -1,7 +1,7 @@
-"""The runs under a folder, as the report sees them: config, summary, metrics, labels, seed groups.
-"""
+"""The runs under a folder, as the report sees them: config, summary, metrics, labels, seed groups."""
 
 from __future__ import annotations
+
 import json
 import math
 import os
@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-import yaml
 
+import yaml
 
 # Keys that never change a result, or name a machine-specific place.
 IGNORED = ("output_dir", "cache_dir", "device", "baseline", "hydra", "privacy.ledger_dir")
@@ -27,9 +27,16 @@ UNUSED = {
     "popularity": ("model", "privacy", "secagg", "strategy", "simulation", "train"),
     "centralized": ("strategy", "secagg", "simulation"),
     "sasrec_ids": ("strategy", "secagg", "simulation"),
-    "local": ("secagg", "simulation", "train.epochs", "strategy.evaluate_every", "strategy.fraction_fit",
-              "strategy.fraction_evaluate", "strategy.min_fit_clients"),
-}  # fmt: skip
+    "local": (
+        "secagg",
+        "simulation",
+        "train.epochs",
+        "strategy.evaluate_every",
+        "strategy.fraction_fit",
+        "strategy.fraction_evaluate",
+        "strategy.min_fit_clients",
+    ),
+}
 
 
 FIXED_METRICS = ("ndcg@10", "hr@10", "mrr")
