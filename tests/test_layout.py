@@ -164,3 +164,19 @@ def test_no_module_cites_a_file_the_repository_does_not_hold(package):
     for path in (ROOT / package).rglob("*.py"):
         text = path.read_text()
         assert "DESIGN.md" not in text and "../shared" not in text, path
+
+
+def test_no_source_file_is_hidden_by_gitignore():
+    """A module the ignore rules hide is missing from every clone (a too-broad `runs/` once hid
+    common/runs/summary.py, and CI could not import the harness)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    sources = [
+        str(p.relative_to(ROOT)) for pkg in (*PACKAGES, "tests", "benchmarks") for p in (ROOT / pkg).rglob("*.py")
+    ]
+    sources += [str(p.relative_to(ROOT)) for p in (ROOT / "conf").rglob("*.yaml")]
+    found = subprocess.run(["git", "check-ignore", "--no-index", *sources], cwd=ROOT, capture_output=True, text=True)
+    assert found.stdout.split() == [], f"ignored by .gitignore: {found.stdout.split()}"
