@@ -189,6 +189,6 @@ def test_a_users_file_that_matches_no_interaction_user_is_refused(tmp_path):
     with pytest.raises(
         DataError,
         match=r"users.csv: none of its user_ids appear in interactions.csv \(e.g. "
-        r"'u-alice' there, 'alice' here\)",
+        r"'u-alice' in users.csv, 'alice' in interactions.csv\)",
     ):
         load_interaction_folder(folder)

@@ -110,7 +110,7 @@ def load_interaction_folder(path: str | Path) -> InteractionData:
         if len(attrs) and not attrs.index.isin(users).any():
             raise DataError(
                 f"{users_path}: none of its user_ids appear in {inter.path.name} (e.g. {attrs.index[0]!r} "
-                f"there, {users[0]!r} here): every user would lose its attributes"
+                f"in {users_path.name}, {users[0]!r} in {inter.path.name}): every user would lose its attributes"
             )
     return assemble(
         f"csv:{folder.name}",
