@@ -20,7 +20,8 @@ import numpy as np
 from flwr.app import ConfigRecord, Context
 from flwr.client import ClientApp, NumPyClient
 from flwr.client.mod import secaggplus_mod
-from flwr.common import Message, MessageType
+from flwr.common import Error, Message, MessageType
+from flwr.common.constant import ErrorCode
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
@@ -54,7 +55,7 @@ from common.privacy.popularity_prior import PRIOR_KEY, noisy_share, user_counts
 from common.secagg.protocol import dropout_clients
 from common.serialization import get_weights, set_weights
 from common.training.local import mean_loss, train_local, trainable_sequences
-from common.training.updates import check_finite, clip_update, update
+from common.training.updates import RoundRefused, check_finite, clip_update, update
 
 log = logging.getLogger("fedrec")
 quiet_third_party()  # FEDREC_VERBOSE=1 shows Flower's per-round INFO lines again
@@ -418,7 +419,17 @@ def _maybe_drop_out(msg: Message, ctxt: Context) -> None:
     if share:
         dropped = dropout_clients(int(ctxt.node_config["num-partitions"]), share, cfg.seed, int(msg.metadata.group_id))
         if int(ctxt.node_config["partition-id"]) in dropped:
-            raise RuntimeError(f"simulated dropout of client {ctxt.node_config['partition-id']}")
+            raise RoundRefused(f"simulated dropout of client {ctxt.node_config['partition-id']}")
+
+
+def refuse_in_one_line(msg: Message, ctxt: Context, call_next) -> Message:
+    """A refused round (diverged update, simulated dropout) is one log line and an error
+    reply; anything else is a real crash and keeps Flower's traceback."""
+    try:
+        return call_next(msg, ctxt)
+    except RoundRefused as refusal:
+        log.warning("%s", refusal)
+        return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=str(refusal)), reply_to=msg)
 
 
 def count_bytes(msg: Message, ctxt: Context, call_next) -> Message:
@@ -442,4 +453,4 @@ def count_bytes(msg: Message, ctxt: Context, call_next) -> Message:
     return out
 
 
-app = ClientApp(client_fn=client_fn, mods=[count_bytes, secagg_when_asked])
+app = ClientApp(client_fn=client_fn, mods=[refuse_in_one_line, count_bytes, secagg_when_asked])

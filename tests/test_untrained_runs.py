@@ -65,6 +65,8 @@ def test_a_diverged_run_exits_1_with_one_line_and_no_result(tmp_path, secagg, me
     assert last.startswith(message), last
     if secagg == "none":
         assert "NaN/Inf value(s): training diverged; not sent" in last
+    # each refusal is one line and an error reply, not a crash: no traceback, no restarted actor
+    assert "Traceback" not in proc.stdout + proc.stderr
     run = tmp_path / "run"
     assert not (run / "summary.json").exists() and not (run / "adapter").exists()
     assert (run / "failed.txt").is_file()

@@ -5,11 +5,17 @@ from __future__ import annotations
 import numpy as np
 
 
+class RoundRefused(ValueError):
+    """A client's deliberate "no update from me this round", with the one-line reason: its
+    ClientApp answers with an error reply (a dropout to SecAgg+, a failure to FedAvg) rather
+    than crashing, which would print a traceback and restart its Ray actor."""
+
+
 def check_finite(arrays: list[np.ndarray], who: str) -> None:
     """A client never sends a NaN or Inf: the round fails for it (one line) instead."""
     bad = sum(int(np.size(a) - np.isfinite(a).sum()) for a in arrays)
     if bad:
-        raise ValueError(
+        raise RoundRefused(
             f"{who}: the update holds {bad} NaN/Inf value(s): training diverged; not sent "
             "(lower the learning rate: train.lr, or privacy.lr under DP)"
         )
