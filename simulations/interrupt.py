@@ -3,7 +3,9 @@
 Flower's simulation runs the ServerApp in a thread and Ray in other processes; a
 KeyboardInterrupt raised in the main thread unwinds only part of it (a long traceback, then a
 hang with Ray alive until a second Ctrl-C). So the first SIGINT is handled here: one line,
-Ray shut down, exit status 130. Nothing needs flushing: the server's checkpoint (after every
+Ray shut down, exit status 130. Once it is handled, the process's own stdout and stderr go to
+/dev/null: what Flower's threads and Ray print while being torn down (dead-actor tracebacks)
+is noise about the stop the user asked for. Nothing needs flushing: the server's checkpoint (after every
 completed round) and the clients' ledgers are written atomically, so the folder holds the
 last completed round, as after ``kill -9``, and ``resume=true`` continues from it.
 """
@@ -40,19 +42,35 @@ def stop_on_interrupt(message: str) -> None:
         if hit.is_set():
             os._exit(EXIT_INTERRUPTED)
         hit.set()
-        timer = threading.Timer(GRACE_SECONDS, _exit, (message,))
+        stderr = _silence_output()
+        timer = threading.Timer(GRACE_SECONDS, _exit, (message, stderr))
         timer.daemon = True
         timer.start()
-        _shutdown_ray()  # flushes the actors' buffered log lines: the message comes after them
+        _shutdown_ray()
         logging.shutdown()
-        _exit(message)
+        _exit(message, stderr)
 
     signal.signal(signal.SIGINT, handler)
 
 
-def _exit(message: str) -> None:
-    sys.stderr.write(f"fedrec: interrupted: {message}\n")
-    sys.stderr.flush()
+def _silence_output() -> int:
+    """Point fds 1 and 2 at /dev/null (after flushing what the run printed); return a copy of
+    the real stderr for the last line."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    os.close(null)
+    return saved
+
+
+def _exit(message: str, stderr: int) -> None:
+    os.write(stderr, f"fedrec: interrupted: {message}\n".encode())
     os._exit(EXIT_INTERRUPTED)
 
 
