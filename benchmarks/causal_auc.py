@@ -39,6 +39,7 @@ from common.metrics.auc import AucHistogram  # noqa: E402
 from common.metrics.ranking import MetricSums  # noqa: E402
 from common.model.factory import build_model  # noqa: E402
 from common.privacy.plans import federated_plan, is_central, learning_rate  # noqa: E402
+from common.training.local import round_seed  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     evaluate(0, 0.0, float("nan"))
     for r in range(1, int(cfg.strategy.num_rounds) + 1):
         t = time.perf_counter()
-        seed = int(cfg.seed) * 100_003 + r * 1_009 + a.client  # the client's own seed for round r
+        seed = round_seed(cfg.seed, r, a.client)  # the client's own seed for round r
         round_dp = replace(dp, noise_seed=seed) if dp is not None and cfg.privacy.seeded_noise else dp
         out = train_causal(
             model, run, rows, cfg, int(cfg.strategy.local_epochs), int(cfg.train.batch_size), lr, seed=seed, dp=round_dp

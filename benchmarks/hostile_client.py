@@ -43,7 +43,7 @@ from common.metrics.ranking import MetricSums, full_ranks  # noqa: E402
 from common.model.factory import build_model  # noqa: E402
 from common.runs.store import RunStore  # noqa: E402
 from common.serialization import get_weights, set_weights  # noqa: E402
-from common.training.local import train_local  # noqa: E402
+from common.training.local import round_seed, train_local  # noqa: E402
 from common.training.updates import clip_update, update  # noqa: E402
 from server.strategy import RecommenderFedAvg  # noqa: E402
 
@@ -108,7 +108,7 @@ def run_scenario(
                 cfg.train.batch_size,
                 cfg.train.lr,
                 cfg.model.num_negatives,
-                seed * 100_003 + r * 1_009 + cid,
+                round_seed(seed, r, cid),
             )
             delta = update(get_weights(model), glob)
             weight = len(seqs)

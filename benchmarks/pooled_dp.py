@@ -36,7 +36,7 @@ from common.privacy.distributed import ServerOptimizer, noisy_gradient_sum  # no
 from common.privacy.plans import learning_rate, pooled_plan  # noqa: E402
 from common.privacy.popularity_prior import noisy_share, prior_logits, user_counts  # noqa: E402
 from common.serialization import get_weights, set_weights  # noqa: E402
-from common.training.local import trainable_sequences  # noqa: E402
+from common.training.local import round_seed, trainable_sequences  # noqa: E402
 
 
 def evaluate(model, run, cfg) -> dict:
@@ -63,7 +63,7 @@ def run_one(overrides: list[str], seed: int, eval_every: int, seeded: bool, save
     for step in range(1, plan.steps + 1):
         total = None
         for cid, seqs in enumerate(clients):
-            noise_seed = cfg.seed * 100_003 + step * 1_009 + cid if seeded else None
+            noise_seed = round_seed(cfg.seed, step, cid) if seeded else None
             share, _ = noisy_gradient_sum(model, seqs, run.data.num_items, cfg.model.num_negatives, plan, noise_seed)
             total = share if total is None else [a + b for a, b in zip(total, share)]
         if plan.loss_weight:
@@ -74,7 +74,7 @@ def run_one(overrides: list[str], seed: int, eval_every: int, seeded: bool, save
                 noisy_share(
                     user_counts(seqs, run.data.num_items),
                     plan.prior,
-                    np.random.default_rng(None if not seeded else cfg.seed * 100_003 + 1_009 + cid + 1),
+                    np.random.default_rng(None if not seeded else round_seed(cfg.seed, 1, cid) + 1),
                 )
                 for cid, seqs in enumerate(clients)
             )

@@ -54,7 +54,7 @@ from common.privacy.plans import ClientPlan, federated_plan, is_central, is_dist
 from common.privacy.popularity_prior import PRIOR_KEY, noisy_share, user_counts
 from common.secagg.protocol import dropout_clients
 from common.serialization import get_weights, set_weights
-from common.training.local import mean_loss, train_local, trainable_sequences
+from common.training.local import mean_loss, round_seed, train_local, trainable_sequences
 from common.training.updates import RoundRefused, check_finite, clip_update, update
 
 log = logging.getLogger("fedrec")
@@ -170,7 +170,7 @@ class RecommenderClient(NumPyClient):
         model = self._model(parameters)
         server_round = int(config.get("server_round", 0))
         seqs = trainable_sequences(training_sequences(self.run.split, self.rows))
-        seed = self.cfg.seed * 100_003 + server_round * 1_009 + self.client_id
+        seed = round_seed(self.cfg.seed, server_round, self.client_id)
         if is_distributed(self.cfg):
             return self._fit_distributed(model, seqs, seed, start, server_round, config)
         dp = None
@@ -178,23 +178,16 @@ class RecommenderClient(NumPyClient):
         if self.cfg.privacy.enabled and not is_central(self.cfg):
             plan = self._plan()
             ledger = self._ledger()
-            check_server_record(ledger, config, self.client_id)
-            budget = budget_of(self.cfg.privacy)
-            after = epsilon_after(
-                ledger.accountant(),
-                plan.dp.noise_multiplier,
-                plan.sample_rate,
-                plan.steps_per_round,
-                plan.delta,
-                self.cfg.privacy.accountant,
+            after = self._over_budget(
+                ledger, config, plan.dp.noise_multiplier, plan.sample_rate, plan.steps_per_round, plan.delta
             )
-            if not within_budget(after, budget):
+            if after is not None:
                 log.warning(
                     "client %d: refusing round %d: it would bring ε to %.3f, over privacy.budget_epsilon=%s",
                     self.client_id,
                     server_round,
                     after,
-                    budget,
+                    budget_of(self.cfg.privacy),
                 )
                 metrics.update(
                     self._record(
@@ -276,6 +269,15 @@ class RecommenderClient(NumPyClient):
         metrics.update(train_loss=result["loss"], steps=result["steps"], fit_seconds=time.perf_counter() - start)
         return delta, len(seqs), metrics
 
+    def _over_budget(self, ledger, config, noise: float, q: float, steps: int, delta: float, extra=()):
+        """The ε this round would bring the client to when that is over its budget, else None;
+        first, the server's record of this client must match the ledger (never reset)."""
+        check_server_record(ledger, config, self.client_id)
+        state = ledger.accountant()  # a fresh history built from the rows
+        state.extend(extra)
+        after = epsilon_after(state, noise, q, steps, delta, self.cfg.privacy.accountant)
+        return None if within_budget(after, budget_of(self.cfg.privacy)) else after
+
     def _fit_distributed(self, model, seqs, seed: int, start: float, server_round: int, config):
         """One pooled DP-SGD step: this client's noisy sum of clipped user gradients, sent
         with weight 1 so that the secure mean times the survivors is the sum. When the server
@@ -288,20 +290,14 @@ class RecommenderClient(NumPyClient):
                 "client's config has privacy.popularity_prior=0"
             )
         ledger = self._ledger()
-        check_server_record(ledger, config, self.client_id)
-        budget = budget_of(self.cfg.privacy)
-        state = ledger.accountant()  # a fresh history built from the rows
-        if with_prior:
-            state.extend(plan.prior.history())
-        after = epsilon_after(
-            state, plan.noise_multiplier, plan.sample_rate, 1, plan.delta, self.cfg.privacy.accountant
-        )
-        if not within_budget(after, budget):
+        prior = plan.prior.history() if with_prior else ()
+        after = self._over_budget(ledger, config, plan.noise_multiplier, plan.sample_rate, 1, plan.delta, prior)
+        if after is not None:
             # No noise share and no row: under SecAgg+ the server counts this client as dropped
             # and the others' shares still reach the planned noise (the threshold is >= t).
             raise PrivacyConfigError(
                 f"client {self.client_id}: the next pooled step would bring ε to {after:.3f}, "
-                f"over privacy.budget_epsilon={budget}"
+                f"over privacy.budget_epsilon={budget_of(self.cfg.privacy)}"
             )
         noise_seed = seed if self.cfg.privacy.seeded_noise else None
         grad_sum, _ = noisy_gradient_sum(

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from common.data import load_dataset
 from common.data.catalogue import items_fingerprint
 from common.device import resolve_device
+from common.metrics.ranking import rankable
 from common.model.item_encoder import encode_texts
 from common.serialization import load_adapter
 
@@ -159,8 +160,7 @@ class Recommender:
             raise RecommendError(
                 f"k={k!r}: must be between 1 and {unseen} (the items user {user_id!r} has not interacted with)"
             )
-        scores = self.scores(user_id).astype(np.float64)
-        scores[seen] = -np.inf
+        scores = rankable(self.scores(user_id)[None], [hist])[0]
         # Stable sort: equal scores keep catalogue order, so the answer is deterministic.
         top = np.argsort(-scores, kind="stable")[:k]
         return [

@@ -36,7 +36,7 @@ from common.runs.progress import RunProgress, round_status
 from common.runs.store import RunStore
 from common.runs.summary import build_summary
 from common.serialization import get_weights, num_bytes, save_adapter
-from common.training.local import train_local, trainable_sequences
+from common.training.local import round_seed, train_local, trainable_sequences
 
 log = logging.getLogger("fedrec")
 BASELINES = ("popularity", "centralized", "local", "sasrec_ids")
@@ -148,7 +148,7 @@ def _train_one_epoch(cfg, run, learners, epoch, epochs, store, progress) -> floa
     """One epoch of every learner; one metrics row; seconds taken."""
     t = time.perf_counter()
     for i, learner in enumerate(learners):
-        train_epoch(cfg, run, learner, seed=cfg.seed * 100_003 + epoch * 1_009 + i)
+        train_epoch(cfg, run, learner, seed=round_seed(cfg.seed, epoch, i))
     trained = [x for x in learners if x.seqs]  # a client without a trainable user has no loss
     users = sum(len(x.seqs) for x in trained)
     row = {"round": epoch, "train_loss": sum(len(x.seqs) * x.loss for x in trained) / max(users, 1)}

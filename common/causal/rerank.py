@@ -7,6 +7,7 @@ from omegaconf import DictConfig
 
 from common.causal.lm import CausalLoraRec
 from common.causal.prompts import PromptBuilder, user_ratings
+from common.metrics.ranking import rankable
 
 
 def rerank_settings(cfg: DictConfig) -> tuple[str, int] | None:
@@ -63,10 +64,9 @@ def evaluate_rerank(model: CausalLoraRec, run, rows: np.ndarray, cfg: DictConfig
     scores = _projection_scorer(run_dir, cfg.dataset)(hist).astype(np.float64)
     build = PromptBuilder(run.data.item_text, int(cfg.model.max_history))
     tops, lm = [], []
+    ranked = rankable(scores, hist, targets)
     for i, r in enumerate(rows):
-        s = scores[i].copy()
-        s[hist[i][hist[i] != targets[i]]] = -np.inf  # unseen items only; the target never excluded (as full_ranks)
-        top = np.argsort(-s, kind="stable")[:n]
+        top = np.argsort(-ranked[i], kind="stable")[:n]
         liked = user_ratings(run, r)[: len(hist[i])]
         prompts = [build(np.append(hist[i], c), np.append(liked, False), len(hist[i])) for c in top]
         tops.append(top)

@@ -16,7 +16,7 @@ import pandas as pd
 
 from common.data.types import LeaveOneOutSplit
 from common.fairness.metrics import activity_groups, attribute_groups, client_distribution, exposure_metrics
-from common.metrics.ranking import hit_rate, ndcg
+from common.metrics.ranking import hit_rate, ndcg, rankable
 
 FAIR_K = 10
 FAIR_METRICS = ("ndcg@10", "hr@10")
@@ -92,11 +92,7 @@ def top_items(scores: Any, hist: list[np.ndarray], targets: np.ndarray, k: int =
     """Each user's top-``k`` item ids [users, k] over the candidates the protocol ranks (every
     item but the user's history; the target stays, as in :func:`full_ranks`). Ties go to the
     lower item id; slots with no candidate left (or only NaN scores) are -1."""
-    s = np.array(scores.detach().cpu() if hasattr(scores, "detach") else scores, dtype=np.float64)
-    s[np.isnan(s)] = -np.inf
-    for i, h in enumerate(hist):
-        h = np.asarray(h, dtype=np.int64)
-        s[i, h[h != targets[i]]] = -np.inf
+    s = rankable(scores, hist, targets)
     top = np.argsort(-s, axis=1, kind="stable")[:, :k]
     return np.where(np.isneginf(np.take_along_axis(s, top, axis=1)), -1, top)
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from common.fairness.groups import FAIR_K, FairnessGroups, FairnessSums
 from common.fairness.ugf import ugf_solve
-from common.metrics.ranking import MetricSums
+from common.metrics.ranking import MetricSums, rankable
 
 log = logging.getLogger("fedrec")
 PREFIX = "rerank_"
@@ -72,11 +72,7 @@ def candidates_of(scores: np.ndarray, hist: list[np.ndarray], targets: np.ndarra
     """Top-``n`` candidate ids [users, n] in score order over the items the protocol ranks
     (every item but the history; the target stays), their softmax probabilities over all those
     items, and the 0/1 oracle relevance."""
-    s = np.array(scores, dtype=np.float64)
-    s[np.isnan(s)] = -np.inf
-    for i, h in enumerate(hist):
-        h = np.asarray(h, dtype=np.int64)
-        s[i, h[h != targets[i]]] = -np.inf
+    s = rankable(scores, hist, targets)
     n = min(n, s.shape[1])
     part = np.argpartition(-s, n - 1, axis=1)[:, :n]
     order = np.lexsort((part, -np.take_along_axis(s, part, axis=1)), axis=-1)  # ties: lower id first

@@ -130,6 +130,18 @@ def _as_targets(targets: Any, n: int, num_items: int) -> np.ndarray:
     return t
 
 
+def rankable(scores: Any, hist: Sequence[Any], targets: Any | None = None) -> np.ndarray:
+    """The scores over the items the protocol ranks, as a float64 copy: each user's history
+    items at -inf except their own target (the :func:`full_ranks` rule: a user may re-consume
+    an item), NaN at -inf. ``targets=None`` (serving, no held-out item) removes all history."""
+    s = np.array(scores.detach().cpu() if hasattr(scores, "detach") else scores, dtype=np.float64)
+    s[np.isnan(s)] = -np.inf
+    for i, h in enumerate(hist):
+        h = np.asarray(h, dtype=np.int64).reshape(-1)
+        s[i, h if targets is None else h[h != targets[i]]] = -np.inf
+    return s
+
+
 def full_ranks(
     scores: Any,
     targets: Any,

@@ -23,6 +23,14 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="Full backward hook is firing")
 
 
+def round_seed(seed: int, round_: int, client: int) -> int:
+    """The seed of one client's local work in one round (batch order, negatives, seeded noise).
+
+    Distinct for every (run seed, round, client) in any realistic run, so no two clients or
+    rounds share a stream; the benchmarks that replay a client use it too, to match exactly."""
+    return int(seed) * 100_003 + int(round_) * 1_009 + int(client)
+
+
 def trainable_sequences(sequences: list[np.ndarray]) -> list[np.ndarray]:
     """Users with at least one (input, next item) pair; the rest contribute no example.
 
