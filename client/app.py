@@ -31,10 +31,8 @@ from common.data.catalogue import catalogue_source, check_catalogue
 from common.data.run import load_run_data, training_sequences
 from common.deployment.node import client_id_of, is_deployed_node, is_deployment, load_client_data, node_device
 from common.device import resolve_device
-from common.evaluation import evaluate_users
-from common.fairness.rerank_eval import PREFIX as RERANK_PREFIX
-from common.fairness.rerank_eval import RerankSettings, info_metrics
 from common.model.factory import build_model
+from common.model.families import family_of
 from common.privacy.accounting import PrivacyConfigError
 from common.privacy.distributed import check_protocol, noisy_gradient_sum
 from common.privacy.ledger import (
@@ -54,7 +52,7 @@ from common.privacy.plans import ClientPlan, federated_plan, is_central, is_dist
 from common.privacy.popularity_prior import PRIOR_KEY, noisy_share, user_counts
 from common.secagg.protocol import dropout_clients
 from common.serialization import get_weights, set_weights
-from common.training.local import mean_loss, round_seed, train_local, trainable_sequences
+from common.training.local import mean_loss, round_seed, trainable_sequences
 from common.training.updates import RoundRefused, check_finite, clip_update, update
 
 log = logging.getLogger("fedrec")
@@ -93,6 +91,7 @@ class RecommenderClient(NumPyClient):
         if self.partition >= self.run.num_clients:
             raise ValueError(f"partition-id {self.client_id} but the partition has {self.run.num_clients} clients")
         self.rows = self.run.partitions[self.partition]
+        self.family = family_of(self.cfg.model.name)
         self.state = context.state
         self.ledger_path = ledger_path(self.cfg, node, self.client_id)
         self.device = resolve_device(node_device(self.cfg, node))
@@ -203,33 +202,9 @@ class RecommenderClient(NumPyClient):
         if self.cfg.strategy.name == "qfedavg":
             # q-FFL's F_k: the received global model's loss on this client's users.
             metrics["loss_before"] = mean_loss(model, seqs, self.run.data.num_items, self.cfg.model.num_negatives, seed)
-        if self.cfg.model.name == "causal_lora":  # yes/no prompts; same plan check and ledger below
-            from common.causal.task import train_causal
-
-            result = train_causal(
-                model,
-                self.run,
-                self.rows,
-                self.cfg,
-                self.cfg.strategy.local_epochs,
-                self.cfg.train.batch_size,
-                learning_rate(self.cfg),
-                seed,
-                dp,
-            )
-        else:
-            result = train_local(
-                model,
-                seqs,
-                self.run.data.num_items,
-                epochs=self.cfg.strategy.local_epochs,
-                batch_size=self.cfg.train.batch_size,
-                lr=learning_rate(self.cfg),
-                num_negatives=self.cfg.model.num_negatives,
-                seed=seed,
-                dp=dp,
-                weight_decay=self.cfg.train.weight_decay,
-            )
+        result = self.family.function("train")(
+            model, self.run, self.rows, seqs, self.cfg, learning_rate(self.cfg), seed, dp
+        )
         if dp is not None:
             # Record what Opacus' own accountant saw, after checking it is the planned mechanism.
             for noise, q, _ in result["history"]:
@@ -337,42 +312,9 @@ class RecommenderClient(NumPyClient):
     def evaluate(self, parameters, config):
         self._check_catalogue(config)
         model = self._model(parameters)
-        if self.cfg.model.name == "causal_lora":  # AUC protocol: a score histogram per label
-            from common.causal.task import evaluate_causal
-
-            metrics, loss = evaluate_causal(
-                model,
-                self.run,
-                self.rows,
-                int(self.cfg.model.max_history),
-                self.cfg.eval.split,
-                int(self.cfg.model.eval_batch_size),
-                cfg=self.cfg,
-            )
-            metrics["client_id"] = self.client_id
-            return loss, len(self.rows), metrics
-        sums = evaluate_users(
-            model,
-            self.run.split,
-            self.rows,
-            which=self.cfg.eval.split,
-            sampled_negatives=self.cfg.eval.sampled_negatives,
-            seed=self.cfg.seed,
-            ks=tuple(self.cfg.eval.ks),
-            groups=self.run.fairness,
-            rerank=RerankSettings.from_config(self.cfg.eval.get("rerank")),
-        )
-        metrics = sums.to_dict()
-        # Group sums and top-10 exposure counts: per-user values when a group (or the client)
-        # holds one user, as README says; outside the ε accounting like the evaluation sums.
-        if sums.fairness is not None:
-            metrics.update(sums.fairness.to_metrics())
-        if sums.rerank_fairness is not None:
-            metrics.update(sums.rerank_fairness.to_metrics(RERANK_PREFIX))
-        metrics.update(info_metrics(sums.rerank_info))
+        loss, metrics = self.family.function("evaluate")(model, self.run, self.rows, self.cfg)
         metrics["client_id"] = self.client_id
-        means = sums.means()
-        return float(1.0 - means.get("ndcg@10", 0.0)), len(self.rows), metrics
+        return loss, len(self.rows), metrics
 
 
 def client_fn(context: Context):

@@ -17,7 +17,8 @@ import torch
 
 from common.data.types import LeaveOneOutSplit
 from common.fairness.groups import FAIR_K, FairnessGroups, FairnessSums, top_items
-from common.fairness.rerank_eval import RerankCollector, RerankSettings
+from common.fairness.rerank_eval import PREFIX as RERANK_PREFIX
+from common.fairness.rerank_eval import RerankCollector, RerankSettings, info_metrics
 from common.metrics.ranking import MetricSums, full_ranks, sample_negatives, sampled_ranks
 from common.model.recommender import TextSeqRec
 from common.training.local import left_pad
@@ -55,6 +56,32 @@ def user_scores(
     ids, pad = ids.to(item_vectors.device), pad.to(item_vectors.device)
     scores = model.user_states(ids, pad) @ item_vectors.T
     return scores if bias is None else scores + bias
+
+
+def evaluate_client(model: TextSeqRec, run, rows: np.ndarray, cfg) -> tuple[float, dict]:
+    """One client's evaluation for the text families (``ModelFamily.evaluate``): its users'
+    metric sums, group and exposure sums and re-ranking sums for the server to pool; Flower's
+    loss is 1 − NDCG@10."""
+    sums = evaluate_users(
+        model,
+        run.split,
+        rows,
+        which=cfg.eval.split,
+        sampled_negatives=cfg.eval.sampled_negatives,
+        seed=cfg.seed,
+        ks=tuple(cfg.eval.ks),
+        groups=run.fairness,
+        rerank=RerankSettings.from_config(cfg.eval.get("rerank")),
+    )
+    metrics = sums.to_dict()
+    # Group sums and top-10 exposure counts: per-user values when a group (or the client)
+    # holds one user, as README says; outside the ε accounting like the evaluation sums.
+    if sums.fairness is not None:
+        metrics.update(sums.fairness.to_metrics())
+    if sums.rerank_fairness is not None:
+        metrics.update(sums.rerank_fairness.to_metrics(RERANK_PREFIX))
+    metrics.update(info_metrics(sums.rerank_info))
+    return float(1.0 - sums.means().get("ndcg@10", 0.0)), metrics
 
 
 def evaluate_users(

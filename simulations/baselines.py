@@ -30,6 +30,7 @@ from common.fairness.groups import FairnessSums, fairness_block
 from common.fairness.rerank_eval import RerankSettings, add_rerank_block, client_rerank, info_metrics
 from common.metrics.ranking import MetricSums
 from common.model.factory import adapter_config, build_model
+from common.model.families import family_of
 from common.privacy.accounting import AccountantState
 from common.privacy.plans import ClientPlan, client_plan, learning_rate
 from common.runs.progress import RunProgress, round_status
@@ -43,11 +44,12 @@ BASELINES = ("popularity", "centralized", "local", "sasrec_ids")
 
 
 def run_baseline(cfg: DictConfig, run: RunData, store: RunStore) -> dict:
-    if cfg.model.name == "causal_lora" and cfg.baseline in ("centralized", "local"):
-        # Their training and ranking evaluation are train_local's; the yes/no AUC path is not wired in.
+    if cfg.baseline not in family_of(cfg.model.name).baselines:
+        # centralized/local train and rank as the text families do; the yes/no AUC path is not wired in.
         raise ValueError(
-            f"baseline={cfg.baseline} with model=causal_lora is not supported; "
-            "benchmarks/causal_auc.py trains one client's users alone (docs/causal-lora.md)"
+            f"baseline={cfg.baseline} with model={cfg.model.name} is not supported (it runs "
+            f"{', '.join(family_of(cfg.model.name).baselines)}); for one client's users alone "
+            "see benchmarks/causal_auc.py (docs/causal-lora.md)"
         )
     runners = {
         "popularity": run_popularity,

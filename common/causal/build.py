@@ -25,7 +25,7 @@ def check_causal_config(cfg: DictConfig) -> None:
         raise ValueError("model.gradient_checkpointing=true cannot be combined with DP-SGD (privacy.noise=local)")
 
 
-def build_causal_model(cfg: DictConfig) -> CausalLoraRec:
+def build_causal_model(cfg: DictConfig, run=None) -> CausalLoraRec:  # noqa: ARG001 - the family signature
     """The model for ``model=causal_lora`` (LoRA initialised from the caller's seeded RNG)."""
     check_causal_config(cfg)
     m = cfg.model

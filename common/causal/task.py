@@ -54,6 +54,20 @@ def train_causal(
         return _train(model, users, build, cfg, epochs, batch_size, lr, seed, dp)
 
 
+def train_client(model: CausalLoraRec, run, rows, seqs, cfg: DictConfig, lr: float, seed: int, dp) -> dict:  # noqa: ARG001
+    """One client's round (``ModelFamily.train``): its users' yes/no prompts; ``seqs`` unused."""
+    return train_causal(model, run, rows, cfg, cfg.strategy.local_epochs, cfg.train.batch_size, lr, seed, dp)
+
+
+def evaluate_client(model: CausalLoraRec, run, rows, cfg: DictConfig) -> tuple[float, dict]:
+    """One client's evaluation (``ModelFamily.evaluate``): a score histogram per label for the
+    server's pooled AUC, and its log-loss."""
+    metrics, loss = evaluate_causal(
+        model, run, rows, int(cfg.model.max_history), cfg.eval.split, int(cfg.model.eval_batch_size), cfg=cfg
+    )
+    return loss, metrics
+
+
 def user_rng(seed: int, step: int, items: np.ndarray) -> np.random.Generator:
     """The generator that picks one user's training prompts in one step: keyed by public values
     and the user's own history only, so no other user in the batch can change which prompts

@@ -12,6 +12,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from common.config.schema import ConfigError, check_values, flatten, unknown_key
+from common.model.families import FAMILIES
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -108,8 +109,9 @@ def default_noise(cfg: DictConfig) -> str:
     holds its guarantee here (README, "Which guarantee holds against whom")."""
     if cfg.get("deployment", {}).get("catalogue"):
         return "local"  # a deployment's clients cannot share the global counts distributed noise needs
-    if cfg.get("model", {}).get("name") == "causal_lora":
-        return "local"  # its DP-SGD runs inside the causal LM's own training loop
+    family = FAMILIES.get(cfg.get("model", {}).get("name"))
+    if family is not None and "distributed" not in family.noise:
+        return "local"  # e.g. the causal LM, whose DP-SGD runs inside its own training loop
     if cfg.get("strategy", {}).get("name") == "qfedavg":
         return "local"  # q-FFL weighs each client's own update
     if cfg.get("partition", {}).get("scheme") == "cross_device":

@@ -19,6 +19,8 @@ from typing import Any, Iterable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from common.model.families import FAMILIES
+
 
 class ConfigError(ValueError):
     """A configuration value fedrec refuses; the message names the key and what is allowed."""
@@ -148,7 +150,7 @@ SCHEMA: dict[str, Spec] = {
     "partition.num_clusters": Int(1),
     "partition.attribute": TEXT,
     # model=
-    "model.name": Choice("projection", "lora", "causal_lora"),
+    "model.name": Choice(*FAMILIES),
     "model.lm.path": PATH,
     "model.lm.max_length": Int(1),
     "model.lm.batch_size": Int(1),

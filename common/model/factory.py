@@ -7,33 +7,39 @@ from omegaconf import DictConfig, OmegaConf
 
 from common.data.catalogue import items_fingerprint
 from common.data.run import RunData, data_key
+from common.model.families import family_of
 from common.model.recommender import FrozenText, TextSeqRec
 
 
-def build_model(cfg: DictConfig, run: RunData) -> TextSeqRec:
+def build_model(cfg: DictConfig, run: RunData) -> torch.nn.Module:
     """The recommender for ``cfg.model``, initialised identically by every party (seeded)."""
     # A private RNG for initialisation: re-seeding torch's global RNG would make every later
     # global draw predictable from the config.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return _build_model(cfg, run)
+        return family_of(cfg.model.name).function("build")(cfg, run)
 
 
-def _build_model(cfg: DictConfig, run: RunData) -> TextSeqRec:
+def build_projection(cfg: DictConfig, run: RunData) -> TextSeqRec:
+    """``model=projection``: frozen sentence-LM item vectors -> trainable projection."""
+    text = FrozenText(torch.as_tensor(run.item_text)) if cfg.model.get("item_text", True) else None
+    return _text_seq(cfg, run, text)
+
+
+def build_lora(cfg: DictConfig, run: RunData) -> TextSeqRec:
+    """``model=lora``: PEFT LoRA on the sentence LM's top layer over its cached lower layers."""
+    from common.model.lora_text import LoraText
+
     m = cfg.model
-    if m.name == "causal_lora":
-        from common.causal.build import build_causal_model
+    states, mask = _lower_states(cfg, run)
+    return _text_seq(
+        cfg, run, LoraText(m.lm.path, states, mask, m.top_layers, m.lora_r, m.lora_alpha, tuple(m.lora_targets))
+    )
 
-        return build_causal_model(cfg)
-    if m.name == "projection":
-        text = FrozenText(torch.as_tensor(run.item_text)) if m.get("item_text", True) else None
-    elif m.name == "lora":
-        from common.model.lora_text import LoraText
 
-        states, mask = _lower_states(cfg, run)
-        text = LoraText(m.lm.path, states, mask, m.top_layers, m.lora_r, m.lora_alpha, tuple(m.lora_targets))
-    else:
-        raise ValueError(f"model={m.name!r}: known models are projection, lora, causal_lora")
+def _text_seq(cfg: DictConfig, run: RunData, text) -> TextSeqRec:
+    """Item text encoder -> user encoder -> dot product, the rest of both text families."""
+    m = cfg.model
     return TextSeqRec(
         text,
         num_items=run.data.num_items,

@@ -31,6 +31,22 @@ def round_seed(seed: int, round_: int, client: int) -> int:
     return int(seed) * 100_003 + int(round_) * 1_009 + int(client)
 
 
+def train_client(model: TextSeqRec, run, rows, seqs: list[np.ndarray], cfg, lr: float, seed: int, dp) -> dict:
+    """One client's round for the text families (``ModelFamily.train``): its local epochs."""
+    return train_local(
+        model,
+        seqs,
+        run.data.num_items,
+        epochs=cfg.strategy.local_epochs,
+        batch_size=cfg.train.batch_size,
+        lr=lr,
+        num_negatives=cfg.model.num_negatives,
+        seed=seed,
+        dp=dp,
+        weight_decay=cfg.train.weight_decay,
+    )
+
+
 def trainable_sequences(sequences: list[np.ndarray]) -> list[np.ndarray]:
     """Users with at least one (input, next item) pair; the rest contribute no example.
 
