@@ -68,7 +68,7 @@ def run_one(overrides: list[str], seed: int, eval_every: int, seeded: bool, save
             total = share if total is None else [a + b for a, b in zip(total, share)]
         if plan.loss_weight:
             total = total[:-1]
-        new = opt.step([(g / plan.expected_batch).astype(np.float32) for g in total])
+        new = opt.step([(g * plan.send_scale / plan.expected_batch).astype(np.float32) for g in total])
         if step == 1 and plan.prior is not None:
             prior = sum(
                 noisy_share(

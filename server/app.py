@@ -271,7 +271,7 @@ def distributed_noise(cfg, run, initial) -> dict:
     names = [n for n, p in build_model(cfg, run).named_parameters() if p.requires_grad]
     return {
         "server_optimizer": ServerOptimizer(initial, learning_rate(cfg)),
-        "gradient_scale": 1.0 / plan.expected_batch,
+        "gradient_scale": plan.send_scale / plan.expected_batch,  # clients sent sum / send_scale
         "prior": plan.prior,
         "loss_plan": plan,
         "prior_index": names.index("bias.weight") if plan.prior else None,

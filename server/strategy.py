@@ -184,7 +184,7 @@ class RecommenderFedAvg(FedAvg):
             if self.prior_pending:  # the clients appended their count shares
                 mean, prior_sum = mean[:-1], mean[-1] * len(results)
             if self.loss_plan is not None and self.loss_plan.loss_weight:  # then the loss coordinate
-                mean, loss_sum = mean[:-1], float(mean[-1][0]) * len(results)
+                mean, loss_sum = mean[:-1], float(mean[-1][0]) * len(results) * self.loss_plan.send_scale
                 self._row["train_loss_noise_std"] = self.loss_plan.loss_noise_std
                 dp_loss = self.loss_plan.mean_loss(loss_sum)
             if self.server_optimizer is not None:

@@ -1,6 +1,7 @@
 """privacy.noise=distributed: noise shares that sum to the pooled mechanism's noise."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -59,6 +60,34 @@ def test_rounding_slack_inflates_the_noise_to_cover_secagg_quantization():
     assert plain.sensitivity == pytest.approx(math.sqrt(1 + 0.1**2) + plain.rounding_slack)
     assert real.share_std == pytest.approx(plain.share_std * (real.sensitivity / plain.sensitivity))
     assert real.share_std == pytest.approx(real.noise_multiplier * real.sensitivity / math.sqrt(real.noise_shares))
+
+
+def test_a_noisy_sum_never_reaches_the_secagg_clamp_even_at_epsilon_1():
+    """Flower clamps values beyond ±clipping_range silently; a clamped noise share is not the
+    accounted Gaussian mechanism. At ε = 1 on ML-100K's shape the shares are wide: the plan
+    shrinks what clients send so that (users × S) + 10 noise stds fits the range."""
+    cfg = compose(["privacy.epsilon=1", "secagg.clipping_range=8"])
+    largest = 30
+    plan = distributed_plan(
+        cfg, total_users=943, num_clients=10, delta=1e-4, num_params=5_000, max_client_users=largest
+    )
+    base = plan.max_grad_norm * math.sqrt(1 + plan.loss_weight**2)
+    assert plan.share_std > 1.0 and plan.send_scale > 1.0
+    assert plan.send_scale * 8.0 >= largest * base + 10 * plan.share_std
+    # the rounding slack counts the coarser grid: one step per coordinate, in gradient units
+    assert plan.rounding_slack == pytest.approx(math.sqrt(5_001) * 2 * 8.0 / 2**22 * plan.send_scale)
+    model = _model()
+    rng = np.random.default_rng(0)
+    users = [rng.integers(0, NUM_ITEMS, size=8) for _ in range(largest)]
+    sent = [noisy_gradient_sum(model, users, NUM_ITEMS, 4, plan, seed=s)[0] for s in range(20)]
+    peak = max(float(np.abs(a).max()) for parts in sent for a in parts)
+    assert peak < 8.0  # inside the range: nothing clamped
+    # and the server's rescaled sum is the unscaled mechanism: same noise std per coordinate
+    pure = replace(plan, sample_rate=0.0)
+    noise = np.concatenate(
+        [a.ravel() for s in range(3) for a in noisy_gradient_sum(model, [], NUM_ITEMS, 4, pure, seed=s)[0]]
+    )
+    assert (noise * plan.send_scale).std() == pytest.approx(plan.share_std, rel=0.05)
 
 
 def test_clients_refuse_a_round_that_could_reveal_an_under_noised_sum():

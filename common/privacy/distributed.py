@@ -30,6 +30,9 @@ from common.privacy.popularity_prior import PopularityPriorPlan, popularity_prio
 from common.training.local import user_loss
 
 LOSS_WEIGHT = 0.1  # κ: see DistributedPlan.sensitivity
+# SecAgg+ range kept free for a client's noise share, in its std: a share beyond it (about
+# 1.5e-23 per coordinate) would be clamped, which the Gaussian analysis does not cover.
+NOISE_HEADROOM = 10.0
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,7 @@ class DistributedPlan:
     prior: PopularityPriorPlan | None = None  # released once, before the first step
     loss_weight: float = 0.0  # κ: the loss coordinate of one user is at most κ·C (0 = none)
     loss_clip: float = 0.0  # L: each user's loss is clipped to [0, L] before it is summed
+    send_scale: float = 1.0  # clients send their noisy sum / send_scale (see send_scale_for)
 
     @property
     def sensitivity(self) -> float:
@@ -77,6 +81,21 @@ class DistributedPlan:
         """Every mechanism of the plan, in the accountant's (σ, q, steps) form."""
         prior = self.prior.history() if self.prior else []
         return [*prior, (self.noise_multiplier, self.sample_rate, self.steps)]
+
+
+def send_scale_for(cfg: DictConfig, base_sensitivity: float, sigma: float, t: int, max_client_users: int) -> float:
+    """How much a client shrinks its noisy sum so that no coordinate can reach Flower's clamp
+    at ±secagg.clipping_range: Flower clamps silently, and a clamped noise share breaks the
+    Gaussian mechanism the sum is accounted as (at ε = 1 on ML-100K, thousands of values a
+    round were clamped with the range alone).
+
+    A coordinate of a client's sum of clipped user vectors is at most (its users) × S, and its
+    noise share beyond ``NOISE_HEADROOM`` standard deviations is negligible; the server
+    multiplies the revealed sum back. The grid step grows by the same factor (the rounding
+    slack in the sensitivity accounts for it)."""
+    share_std = 1.1 * sigma * base_sensitivity / math.sqrt(t)  # 1.1: room for the rounding slack
+    bound = max(max_client_users, 1) * base_sensitivity + NOISE_HEADROOM * share_std
+    return max(1.0, bound / float(cfg.secagg.clipping_range))
 
 
 def shares_needed(cfg: DictConfig, num_clients: int) -> int:
@@ -126,8 +145,11 @@ def distributed_plan(
     prior = popularity_prior_plan(cfg, delta, num_items, max_client_users, t)
     prefix = prior.history() if prior else []
     sigma = noise_multiplier_for_plan(cfg.privacy.epsilon, delta, q, steps, cfg.privacy.accountant, prefix=prefix)
-    # Weights are all 1 (max_weight 1), so the grid step on a value is 2c/Q.
-    step = 2 * float(cfg.secagg.clipping_range) / int(cfg.secagg.quantization_range)
+    base = float(cfg.privacy.max_grad_norm) * math.sqrt(1.0 + LOSS_WEIGHT**2)
+    send_scale = send_scale_for(cfg, base, sigma, t, max_client_users)
+    # Weights are all 1 (max_weight 1), so the grid step on a sent value is 2c/Q: in gradient
+    # units, times send_scale.
+    step = 2 * float(cfg.secagg.clipping_range) / int(cfg.secagg.quantization_range) * send_scale
     # Each user's loss rides along in its clipped vector (one more coordinate, +0.5 % noise), so
     # every round logs a real, DP training loss; random scores give about log(1 + negatives).
     loss_clip = 1.25 * math.log(1 + int(cfg.model.get("num_negatives", 128)))
@@ -144,6 +166,7 @@ def distributed_plan(
         prior,
         LOSS_WEIGHT,
         loss_clip,
+        send_scale,
     )
 
 
@@ -167,7 +190,7 @@ def noisy_gradient_sum(
     seed: int | None = None,
 ) -> tuple[list[np.ndarray], int]:
     """This client's share: Σ over Poisson-sampled users of clipped per-user gradients, plus
-    Gaussian noise of std σS/√t. Returns the arrays (parameter order; then, when the plan has
+    Gaussian noise of std σS/√t, divided by ``plan.send_scale`` (what it sends). Returns the arrays (parameter order; then, when the plan has
     a loss weight κ, one array holding Σ κ·C·min(loss, L)/L) and the sample size.
 
     ``seed=None`` draws sampling and noise from OS entropy (private); a seed is for tests."""
@@ -202,7 +225,7 @@ def noisy_gradient_sum(
         for p in params:
             p.grad_sample = None
     noisy = [t + torch.normal(0.0, plan.share_std, t.shape, generator=gen).to(device) for t in total]
-    return [n.detach().cpu().numpy() for n in noisy], len(batch)
+    return [(n / plan.send_scale).detach().cpu().numpy() for n in noisy], len(batch)
 
 
 class ServerOptimizer:
