@@ -48,11 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     report.add_arguments(p)
     p.set_defaults(func=report.run_from_args)
     from simulations.cli import certs as certs_cli
+    from simulations.cli import flower as flower_cli
     from simulations.cli import recommend as recommend_cli
 
     p = sub.add_parser("certs", help="CA, SuperLink TLS certificate and SuperNode auth keys for a deployment")
     certs_cli.add_arguments(p)
     p.set_defaults(func=certs_cli.run_from_args)
+
+    p = sub.add_parser("flower", help="the same simulation through Flower's CLI (flwr run .) on its local SuperLink")
+    flower_cli.add_arguments(p)
+    p.set_defaults(func=flower_cli.run_from_args)
 
     p = sub.add_parser("recommend", help="top-K unseen items for a user from a trained run")
     recommend_cli.add_arguments(p)
