@@ -9,16 +9,11 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).parent))
+from test_simulation import SMALL  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 FEDREC = str(Path(sys.executable).with_name("fedrec"))
-TINY = [
-    "dataset.num_users=120",
-    "dataset.num_items=80",
-    "dataset.mean_interactions=15",
-    "partition.num_clients=3",
-    "strategy.num_rounds=2",
-    "model.num_negatives=16",
-]
 
 
 def _env(tmp_path: Path) -> dict:
@@ -44,7 +39,7 @@ def test_flower_cli_runs_the_simulation_and_prints_its_table(tmp_path):
     cache = tmp_path / "cache"
     try:
         proc = subprocess.run(
-            [FEDREC, "flower", *TINY, f"cache_dir={cache}"],
+            [FEDREC, "flower", *SMALL, f"cache_dir={cache}"],
             cwd=tmp_path,
             env=_env(tmp_path),
             capture_output=True,
