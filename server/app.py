@@ -32,6 +32,7 @@ from common.fairness.rerank_eval import add_rerank_block
 from common.model.factory import adapter_config, build_model
 from common.privacy.distributed import shares_needed
 from common.privacy.ledger import central_row
+from common.privacy.placements import placement_of
 from common.privacy.plans import central_plan_for, is_central, is_distributed, learning_rate, pooled_plan
 from common.runs.checkpoint import (
     ServerCheckpoint,
@@ -365,14 +366,11 @@ def central_privacy(cfg, plan, rounds: int, resumes: int = 0) -> dict:
 
 
 def mechanism(cfg) -> str:
-    if not cfg.privacy.enabled:
+    placement = placement_of(cfg)
+    if placement is None:
         return "none"
-    if cfg.privacy.noise == "distributed":
-        prior = " + dp popularity prior" if cfg.privacy.get("popularity_prior") else ""
-        return f"dp-sgd over all clients' users, noise shares summed under secagg+ (distributed){prior}"
-    if cfg.privacy.noise == "central":
-        return "dp-fedavg: client-side fixed clipping + server gaussian noise (central)"
-    return "dp-sgd per client (local noise)"
+    prior = " + dp popularity prior" if placement.pooled_step and cfg.privacy.get("popularity_prior") else ""
+    return placement.mechanism + prior
 
 
 def federated_summary(cfg, run, strategy: RecommenderFedAvg, adapter_bytes: int, seconds: float) -> dict:

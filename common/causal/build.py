@@ -5,12 +5,17 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from common.causal.lm import CausalLoraRec, set_lower_cache_budget
+from common.model.families import FAMILIES
+from common.privacy.placements import placement_of
 
 
 def check_causal_config(cfg: DictConfig) -> None:
     """Settings the causal path cannot honour, refused before any training."""
-    if cfg.privacy.enabled and cfg.privacy.noise == "distributed":
-        raise ValueError("model=causal_lora with privacy.noise=distributed is not supported; use local or central")
+    supported = FAMILIES["causal_lora"].noise
+    if cfg.privacy.enabled and cfg.privacy.noise not in supported:
+        raise ValueError(
+            f"model=causal_lora with privacy.noise={cfg.privacy.noise} is not supported; use {' or '.join(supported)}"
+        )
     if cfg.partition.scheme == "cross_device":
         # Each client would send its one user's score histogram: that user's held-out label in clear.
         raise ValueError(
@@ -19,7 +24,8 @@ def check_causal_config(cfg: DictConfig) -> None:
         )
     if cfg.strategy.name == "qfedavg":
         raise ValueError("model=causal_lora with strategy=qfedavg is not supported (no pre-training loss)")
-    if cfg.model.gradient_checkpointing and cfg.privacy.enabled and cfg.privacy.noise == "local":
+    placement = placement_of(cfg)
+    if cfg.model.gradient_checkpointing and placement is not None and placement.client_dp_sgd:
         # Recomputation re-fires Opacus' forward hooks and would pair stale activations with
         # the wrong backward pass.
         raise ValueError("model.gradient_checkpointing=true cannot be combined with DP-SGD (privacy.noise=local)")

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from common.config.schema import ConfigError, check_values, flatten, unknown_key
 from common.model.families import FAMILIES
+from common.privacy.placements import PLACEMENTS
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -101,7 +102,7 @@ def resolved(cfg: DictConfig, known: set[str] | None = None) -> DictConfig:
     return out
 
 
-NOISE_PLACEMENTS = ("distributed", "local", "central")
+NOISE_PLACEMENTS = tuple(PLACEMENTS)
 
 
 def default_noise(cfg: DictConfig) -> str:
@@ -132,7 +133,7 @@ def resolve_noise(cfg: DictConfig) -> None:
         federated = not cfg.get("baseline")
         p.popularity_prior = (
             default_prior_share(float(p.epsilon))
-            if federated and p.get("enabled") and p.noise == "distributed"
+            if federated and p.get("enabled") and PLACEMENTS[p.noise].pooled_step
             else 0.0
         )
 

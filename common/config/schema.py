@@ -20,6 +20,7 @@ from typing import Any, Iterable
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from common.model.families import FAMILIES
+from common.privacy.placements import PLACEMENTS
 
 
 class ConfigError(ValueError):
@@ -188,7 +189,7 @@ SCHEMA: dict[str, Spec] = {
     "privacy.max_grad_norm": Num(0, lo_open=True, null=True),
     "privacy.lr": Num(0, lo_open=True, null=True),
     "privacy.accountant": Choice("rdp", "prv"),
-    "privacy.noise": Choice("auto", "distributed", "local", "central", "none"),
+    "privacy.noise": Choice("auto", *PLACEMENTS, "none"),
     "privacy.popularity_prior": Num(0, 1, hi_open=True, null=True),
     "privacy.sample_rate": Num(0, 1, lo_open=True, null=True),
     "privacy.secure_mode": BOOL,

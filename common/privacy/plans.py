@@ -15,17 +15,20 @@ from common.data.run import RunData, training_sequences
 from common.model.factory import build_model
 from common.privacy.accounting import PrivacyConfigError, check_delta, noise_multiplier_for_plan
 from common.privacy.dp_sgd import DPSettings
+from common.privacy.placements import placement_of
 from common.training.local import sample_rate, steps_per_epoch, trainable_sequences
 
 
 def is_distributed(cfg: DictConfig) -> bool:
-    """privacy.noise=distributed: pooled DP-SGD with noise shares under SecAgg+."""
-    return bool(cfg.privacy.enabled and cfg.privacy.noise == "distributed")
+    """A pooled DP-SGD step per round with noise shares under SecAgg+ (privacy.noise=distributed)."""
+    placement = placement_of(cfg)
+    return bool(placement and placement.pooled_step)
 
 
 def is_central(cfg: DictConfig) -> bool:
-    """privacy.noise=central: DP-FedAvg, client-side clipping and server noise."""
-    return bool(cfg.privacy.enabled and cfg.privacy.noise == "central")
+    """DP-FedAvg: client-side clipping and server noise (privacy.noise=central)."""
+    placement = placement_of(cfg)
+    return bool(placement and placement.server_noise)
 
 
 def central_plan_for(cfg: DictConfig, run: RunData):

@@ -1,5 +1,5 @@
-"""The model-family registry: every variant is one entry whose parts resolve, with the shared
-signatures, and the config's choices are exactly the registry's."""
+"""The registries of variants: model families and noise placements. Every variant is one entry
+whose parts resolve with the shared signatures, and the config offers exactly the registered names."""
 
 import inspect
 from pathlib import Path
@@ -42,3 +42,16 @@ def test_auto_noise_follows_what_the_family_supports():
     assert compose("").privacy.noise == "distributed"
     assert "distributed" not in family_of("causal_lora").noise
     assert compose("model=causal_lora").privacy.noise == "local"
+
+
+def test_noise_placements_come_from_one_registry():
+    from common.config import compose
+    from common.privacy.placements import PLACEMENTS, placement_of
+    from common.privacy.plans import is_central, is_distributed
+
+    assert set(SCHEMA["privacy.noise"].choices) == {"auto", "none", *PLACEMENTS}
+    for name, placement in PLACEMENTS.items():
+        cfg = compose([f"privacy.noise={name}", "secagg=none" if name != "distributed" else "secagg=secaggplus"])
+        assert placement_of(cfg) is placement
+        assert is_distributed(cfg) == (name == "distributed") and is_central(cfg) == (name == "central")
+    assert placement_of(compose(["privacy=none"])) is None
