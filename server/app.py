@@ -10,7 +10,6 @@ import logging
 import os
 import signal
 import time
-from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 
@@ -19,21 +18,16 @@ from flwr.app import Context
 from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server import Grid, LegacyContext, ServerApp, ServerConfig
 from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping
-from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+from flwr.server.workflow import DefaultWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, Key
 from flwr.server.workflow.default_workflows import default_evaluate_workflow, default_fit_workflow
 
 from common.config import compose, to_yaml
 from common.console import quiet_third_party
 from common.data.catalogue import catalogue_fingerprint, catalogue_source, check_catalogue
-from common.deployment.node import check_server_plans, deployment_data_block, is_deployment, load_server_data
-from common.fairness.groups import fairness_block
-from common.fairness.rerank_eval import add_rerank_block
+from common.deployment.node import check_server_plans, is_deployment, load_server_data
 from common.model.factory import adapter_config, build_model
-from common.privacy.distributed import shares_needed
-from common.privacy.ledger import central_row
-from common.privacy.placements import placement_of
-from common.privacy.plans import central_plan_for, is_central, is_distributed, learning_rate, pooled_plan
+from common.privacy.plans import central_plan_for, is_central, is_distributed
 from common.runs.checkpoint import (
     ServerCheckpoint,
     clear_checkpoint,
@@ -45,9 +39,10 @@ from common.runs.checkpoint import (
 )
 from common.runs.progress import RunProgress
 from common.runs.store import RunStore, atomic_write
-from common.runs.summary import build_summary
 from common.serialization import get_weights, num_bytes, save_adapter, set_weights
+from server.secure import distributed_noise, fit_workflow
 from server.strategy import RecommenderFedAvg
+from server.summary import central_ledger, central_privacy, federated_summary
 
 log = logging.getLogger("fedrec")
 quiet_third_party()  # FEDREC_VERBOSE=1 shows Flower's per-round INFO lines again
@@ -260,154 +255,3 @@ def shifted(workflow, done: int):
             record[Key.CURRENT_ROUND] = counted
 
     return run_round
-
-
-def distributed_noise(cfg, run, initial) -> dict:
-    """With privacy.noise=distributed the server owns the optimizer of the pooled DP-SGD."""
-    if not is_distributed(cfg):
-        return {}
-    from common.privacy.distributed import ServerOptimizer
-
-    plan = pooled_plan(cfg, run)
-    names = [n for n, p in build_model(cfg, run).named_parameters() if p.requires_grad]
-    return {
-        "server_optimizer": ServerOptimizer(initial, learning_rate(cfg)),
-        "gradient_scale": plan.send_scale / plan.expected_batch,  # clients sent sum / send_scale
-        "prior": plan.prior,
-        "loss_plan": plan,
-        "prior_index": names.index("bias.weight") if plan.prior else None,
-    }
-
-
-def max_weight(cfg, run) -> float:
-    """SecAgg+ weights are users per client; the largest must fit under max_weight. With
-    distributed noise every weight is 1, and 1 keeps the quantization grid finest."""
-    if is_distributed(cfg):
-        return 1.0
-    return float(cfg.secagg.max_weight or max(len(p) for p in run.partitions))
-
-
-def fit_workflow(cfg, run):
-    """Flower's SecAgg+ fit workflow for secagg=secaggplus; None = the plain default."""
-    if not cfg.secagg.enabled:
-        return None
-    s = cfg.secagg
-    return SecAggPlusWorkflow(
-        num_shares=s.num_shares,
-        reconstruction_threshold=s.reconstruction_threshold,
-        max_weight=max_weight(cfg, run),
-        clipping_range=float(s.clipping_range),
-        quantization_range=int(s.quantization_range),
-        modulus_range=int(s.modulus_range),
-        timeout=s.timeout,
-    )
-
-
-def secagg_summary(cfg, run, strategy: RecommenderFedAvg) -> dict | None:
-    if not cfg.secagg.enabled:
-        return None
-    s = cfg.secagg
-    return {
-        "protocol": s.protocol,
-        "num_shares": s.num_shares,
-        "threshold": s.reconstruction_threshold,
-        # As Flower resolves the fractions when every client shares with every other.
-        "num_shares_clients": run.num_clients if s.num_shares == 1.0 else None,
-        "threshold_clients": shares_needed(cfg, run.num_clients) if s.num_shares == 1.0 else None,
-        "clipping_range": s.clipping_range,
-        "quantization_range": s.quantization_range,
-        "modulus_range": s.modulus_range,
-        "max_weight": max_weight(cfg, run),
-        "update_clip_norm": s.update_clip_norm,
-        "rounds_completed": strategy.rounds_completed - len(strategy.rounds_failed),
-        "rounds_failed": strategy.rounds_failed,
-        "clients_dropped": strategy.clients_dropped,  # in rounds that completed
-    }
-
-
-def central_ledger(cfg, plan, resumes: int = 0):
-    """The server's own ledger for DP-FedAvg, one row per round started (ledger format).
-    Every resume counts one more release: the round in progress at the kill may already have
-    sent its noisy aggregate to the clients, and the redone round releases another."""
-
-    def row(rounds: int) -> dict:
-        entry = asdict(
-            central_row(rounds + resumes, plan.noise_multiplier, plan.sample_rate, plan.delta, cfg.privacy.accountant)
-        )
-        entry["round"] = rounds  # the round number; steps_total counts the resumes' releases too
-        return entry
-
-    return row
-
-
-def central_privacy(cfg, plan, rounds: int, resumes: int = 0) -> dict:
-    """The server's accountant for DP-FedAvg: every round that started counts, plus one
-    possible release per resume (see central_ledger)."""
-    r = central_ledger(cfg, plan, resumes)(rounds)
-    eps = r["epsilon"]
-    entry = {
-        "epsilon": eps,
-        "delta": plan.delta,
-        "noise_multiplier": plan.noise_multiplier,
-        "sample_rate": plan.sample_rate,
-        "steps": rounds + resumes,
-        "clipping_norm": plan.clipping_norm,
-        "epsilon_check": r["epsilon_check"],
-        "check_accountant": r["check_accountant"],
-        "agree": r["agree"],
-    }
-    return {
-        "unit": plan.unit,
-        "delta": plan.delta,
-        "epsilon_max": eps,
-        "per_client": {"server": entry},
-        "accountant": cfg.privacy.accountant,
-    }
-
-
-def mechanism(cfg) -> str:
-    placement = placement_of(cfg)
-    if placement is None:
-        return "none"
-    prior = " + dp popularity prior" if placement.pooled_step and cfg.privacy.get("popularity_prior") else ""
-    return placement.mechanism + prior
-
-
-def federated_summary(cfg, run, strategy: RecommenderFedAvg, adapter_bytes: int, seconds: float) -> dict:
-    per_client = {str(k): v for k, v in sorted(strategy.client_privacy.items())}
-    summary = build_summary(
-        "federated",
-        cfg,
-        run,
-        strategy.final_eval,
-        per_client,
-        mechanism(cfg),
-        seconds,
-        strategy.round_seconds,
-        strategy.rounds_completed,
-        bool(cfg.privacy.enabled),
-    )
-    clients = {str(k): v for k, v in sorted(strategy.client_eval.items())}
-    fair = strategy.final_fairness
-    summary["fairness"] = fairness_block(fair, clients, run.fairness) if fair is not None else {"clients": clients}
-    if is_deployment(cfg):  # the server holds no users: what the clients reported
-        summary["data"] = deployment_data_block(cfg, run, clients)
-    add_rerank_block(
-        summary,
-        cfg.eval.get("rerank"),
-        strategy.final_rerank_fairness,
-        {str(k): v for k, v in sorted(strategy.client_rerank.items())},
-        run.fairness,
-    )
-    summary["communication"] = {"adapter_bytes": adapter_bytes, "adapter_parameters": adapter_bytes // 4}
-    summary["secure_aggregation"] = secagg_summary(cfg, run, strategy)
-    summary["privacy"]["noise_placement"] = cfg.privacy.noise if cfg.privacy.enabled else None
-    if strategy.prior is not None:
-        p = strategy.prior
-        summary["privacy"]["popularity_prior"] = {
-            "share_of_epsilon": p.share,
-            "noise_multiplier": p.noise_multiplier,
-            "sensitivity": p.sensitivity,
-            "released": not strategy.prior_pending,
-        }
-    return summary

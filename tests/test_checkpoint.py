@@ -164,7 +164,7 @@ def test_a_cut_off_last_metrics_line_is_dropped_on_resume(tmp_path, caplog):
 def test_every_resume_counts_one_more_central_release():
     from common.privacy.accounting import AccountantState
     from common.privacy.central import central_plan
-    from server.app import central_ledger, central_privacy
+    from server.summary import central_ledger, central_privacy
 
     cfg = compose("privacy.noise=central strategy.num_rounds=3 privacy.epsilon=4")
     plan = central_plan(cfg, 20, 1e-3)

@@ -19,8 +19,8 @@ from common.fairness.metrics import coverage_at_k, exposure_gini, exposure_metri
 from common.model.factory import build_model
 from common.runs.store import RunStore
 from common.serialization import get_weights
-from server.app import federated_summary
 from server.strategy import RecommenderFedAvg
+from server.summary import federated_summary
 from simulations.run import execute
 
 OVERRIDES = (

@@ -27,8 +27,8 @@ from common.fairness.rerank_eval import (
 from common.model.factory import build_model
 from common.runs.store import RunStore
 from common.serialization import get_weights
-from server.app import federated_summary
 from server.strategy import RecommenderFedAvg
+from server.summary import federated_summary
 from tests.test_fairness_runs import assert_same
 
 OVERRIDES = (
