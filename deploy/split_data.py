@@ -5,7 +5,7 @@
 
 Writes OUT/<org>/{interactions,items,users}.csv (each organisation's users, the full catalogue)
 and OUT/catalogue/items.csv (what the coordinator's ServerApp reads). Real organisations already
-hold their own data: they only need to write it in the generic format (DESIGN.md).
+hold their own data: they only need to write it in the generic format (README, "Data formats").
 """
 
 from __future__ import annotations
