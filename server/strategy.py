@@ -134,6 +134,7 @@ class RecommenderFedAvg(FedAvg):
         ]
 
     def aggregate_fit(self, server_round, results, failures):
+        results = by_client(results)
         if self.tolerate_dropouts and failures:
             # A dropped client can fail at several protocol stages: count clients, not errors.
             dropped = self._row["clients"] - len(results)
@@ -338,6 +339,7 @@ class RecommenderFedAvg(FedAvg):
     def aggregate_evaluate(self, server_round, results, failures):
         _raise_on_failures("evaluate", server_round, failures)
         _raise_on_repeated_clients("evaluate", server_round, results)
+        results = by_client(results)
         total = MetricSums()
         fair: FairnessSums | None = None
         reranked: FairnessSums | None = None
@@ -429,6 +431,12 @@ class RecommenderFedAvg(FedAvg):
             value = state[k]
             setattr(self, k, {int(c): v for c, v in value.items()} if isinstance(value, dict) else value)
         self.progress.update(self.rounds_completed)
+
+
+def by_client(results: list) -> list:
+    """Results in client order, not arrival order: float sums then add up in one order, so a
+    seeded run reproduces its metrics to the last digit."""
+    return sorted(results, key=lambda res: int(res[1].metrics.get("client_id", -1)))
 
 
 def _merged(total: FairnessSums | None, *parts: FairnessSums | None) -> FairnessSums | None:
