@@ -41,8 +41,8 @@ from common.evaluation import histories, model_scorer  # noqa: E402
 from common.fairness.groups import top_items  # noqa: E402
 from common.metrics.ranking import MetricSums, full_ranks  # noqa: E402
 from common.model.factory import build_model  # noqa: E402
-from common.runs.store import RunStore  # noqa: E402
 from common.serialization import get_weights, set_weights  # noqa: E402
+from common.tracking.store import RunStore  # noqa: E402
 from common.training.local import round_seed, train_local  # noqa: E402
 from common.training.updates import clip_update, update  # noqa: E402
 from server.strategy import RecommenderFedAvg  # noqa: E402

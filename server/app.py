@@ -28,7 +28,8 @@ from common.data.catalogue import catalogue_fingerprint, catalogue_source, check
 from common.deployment.node import check_server_plans, is_deployment, load_server_data
 from common.model.factory import adapter_config, build_model
 from common.privacy.plans import central_plan_for, is_central, is_distributed
-from common.runs.checkpoint import (
+from common.serialization import get_weights, num_bytes, save_adapter, set_weights
+from common.tracking.checkpoint import (
     ServerCheckpoint,
     clear_checkpoint,
     fixed_config,
@@ -37,9 +38,8 @@ from common.runs.checkpoint import (
     resume_point,
     save_checkpoint,
 )
-from common.runs.progress import RunProgress
-from common.runs.store import RunStore, atomic_write
-from common.serialization import get_weights, num_bytes, save_adapter, set_weights
+from common.tracking.progress import RunProgress
+from common.tracking.store import RunStore, atomic_write
 from server.secure import distributed_noise, fit_workflow
 from server.strategy import RecommenderFedAvg
 from server.summary import central_ledger, central_privacy, federated_summary

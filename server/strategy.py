@@ -26,9 +26,9 @@ from common.metrics.auc import AucHistogram
 from common.metrics.ranking import MetricSums
 from common.privacy.ledger import PRIOR, LedgerRow
 from common.privacy.popularity_prior import PRIOR_KEY, prior_logits
-from common.runs.progress import RunProgress, round_status
-from common.runs.store import RunStore
 from common.serialization import num_bytes
+from common.tracking.progress import RunProgress, round_status
+from common.tracking.store import RunStore
 from common.training.updates import update_problem
 
 log = logging.getLogger("fedrec")

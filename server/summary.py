@@ -1,5 +1,5 @@
 """What the ServerApp writes when a run completes: the summary's privacy, secure-aggregation
-and data blocks (the run's own figures; the shared format is common.runs.summary)."""
+and data blocks (the run's own figures; the shared format is common.tracking.summary)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from common.fairness.rerank_eval import add_rerank_block
 from common.privacy.distributed import shares_needed
 from common.privacy.ledger import central_row
 from common.privacy.placements import placement_of
-from common.runs.summary import build_summary
+from common.tracking.summary import build_summary
 from server.secure import max_weight
 from server.strategy import RecommenderFedAvg
 

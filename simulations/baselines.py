@@ -33,10 +33,10 @@ from common.model.factory import adapter_config, build_model
 from common.model.families import family_of
 from common.privacy.accounting import AccountantState
 from common.privacy.plans import ClientPlan, client_plan, learning_rate
-from common.runs.progress import RunProgress, round_status
-from common.runs.store import RunStore
-from common.runs.summary import build_summary
 from common.serialization import get_weights, num_bytes, save_adapter
+from common.tracking.progress import RunProgress, round_status
+from common.tracking.store import RunStore
+from common.tracking.summary import build_summary
 from common.training.local import round_seed, train_local, trainable_sequences
 
 log = logging.getLogger("fedrec")

@@ -29,8 +29,8 @@ from common.data.run import load_run_data  # noqa: E402
 from common.data.types import DataError  # noqa: E402
 from common.model.item_encoder import ModelPathError  # noqa: E402
 from common.privacy.accounting import PrivacyConfigError  # noqa: E402
-from common.runs.checkpoint import clear_checkpoint, is_complete, resume_point
-from common.runs.store import RunFailed, RunStore  # noqa: E402
+from common.tracking.checkpoint import clear_checkpoint, is_complete, resume_point
+from common.tracking.store import RunFailed, RunStore  # noqa: E402
 from simulations.baselines import BASELINES, run_baseline  # noqa: E402
 from simulations.interrupt import resume_hint, stop_on_interrupt  # noqa: E402
 from simulations.table import format_table, protection_line  # noqa: E402

@@ -20,7 +20,8 @@ from common.model.factory import build_model
 from common.privacy.accounting import independent_epsilon
 from common.privacy.distributed import ServerOptimizer
 from common.privacy.ledger import LedgerRow, PrivacyLedger
-from common.runs.checkpoint import (
+from common.serialization import get_weights
+from common.tracking.checkpoint import (
     CheckpointError,
     ServerCheckpoint,
     check_config,
@@ -32,7 +33,6 @@ from common.runs.checkpoint import (
     resume_point,
     save_checkpoint,
 )
-from common.serialization import get_weights
 from tests.test_harness_csv import write_shop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -241,7 +241,7 @@ def test_the_server_sends_the_catalogue_fingerprint_in_every_fit_and_evaluate_co
     from flwr.server.client_manager import SimpleClientManager
     from flwr.server.client_proxy import ClientProxy
 
-    from common.runs.store import RunStore
+    from common.tracking.store import RunStore
     from server.strategy import RecommenderFedAvg
 
     class Node(ClientProxy):  # only registered and sampled here; never called
@@ -425,7 +425,7 @@ def fed_strategy(tmp_path, client_privacy: dict | None = None):
     from flwr.server.client_manager import SimpleClientManager
     from flwr.server.client_proxy import ClientProxy
 
-    from common.runs.store import RunStore
+    from common.tracking.store import RunStore
     from server.strategy import RecommenderFedAvg
 
     class Node(ClientProxy):  # only registered and sampled here; never called
@@ -477,7 +477,7 @@ def test_two_clients_reporting_one_client_id_fail_the_round(tmp_path):
 
 
 def test_a_failed_atomic_write_keeps_the_old_file_and_leaves_no_temp_file(tmp_path):
-    from common.runs.store import atomic_write, replace_durably
+    from common.tracking.store import atomic_write, replace_durably
 
     path = tmp_path / "summary.json"
     atomic_write(path, "old")

@@ -13,8 +13,8 @@ from common.model.factory import build_model
 from common.privacy.accounting import independent_epsilon
 from common.privacy.ledger import PrivacyLedger
 from common.privacy.plans import federated_plan
-from common.runs.store import RunStore
 from common.serialization import get_weights
+from common.tracking.store import RunStore
 from server.strategy import RecommenderFedAvg
 
 # The per-client DP-SGD path (local noise, plain FedAvg); the default is tested in test_simulation.py.

@@ -17,8 +17,8 @@ from common.evaluation import evaluate_users
 from common.fairness.groups import EXPOSURE_KEY, fairness_block, fairness_row, top_items
 from common.fairness.metrics import coverage_at_k, exposure_gini, exposure_metrics, long_tail_share
 from common.model.factory import build_model
-from common.runs.store import RunStore
 from common.serialization import get_weights
+from common.tracking.store import RunStore
 from server.strategy import RecommenderFedAvg
 from server.summary import federated_summary
 from simulations.run import execute

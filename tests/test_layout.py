@@ -168,7 +168,7 @@ def test_no_module_cites_a_file_the_repository_does_not_hold(package):
 
 def test_no_source_file_is_hidden_by_gitignore():
     """A module the ignore rules hide is missing from every clone (a too-broad `runs/` once hid
-    common/runs/summary.py, and CI could not import the harness)."""
+    common/tracking/summary.py, and CI could not import the harness)."""
     import shutil
     import subprocess
 

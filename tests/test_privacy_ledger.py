@@ -17,8 +17,8 @@ from common.model.factory import build_model
 from common.privacy.accounting import AccountantState, PrivacyConfigError, independent_epsilon
 from common.privacy.ledger import PrivacyLedger, cross_checked
 from common.privacy.plans import federated_plan
-from common.runs.store import RunStore
 from common.serialization import get_weights
+from common.tracking.store import RunStore
 from server.strategy import RecommenderFedAvg
 
 # Local noise without SecAgg+: the per-client DP-SGD ledger (distributed noise: the last tests).

@@ -6,7 +6,7 @@ import logging
 import pytest
 from rich.console import Console
 
-from common.runs.progress import RunProgress, progress_wanted, round_status
+from common.tracking.progress import RunProgress, progress_wanted, round_status
 
 
 def test_round_status_text():

@@ -9,7 +9,7 @@ from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters
 from common.config import compose
 from common.config.checks import check_strategy
 from common.fairness.qffl import qffl_step
-from common.runs.store import RunStore
+from common.tracking.store import RunStore
 from server.strategy import RecommenderFedAvg
 from tests.test_simulation import SMALL, run_cli
 

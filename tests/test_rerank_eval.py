@@ -25,8 +25,8 @@ from common.fairness.rerank_eval import (
     rerank_users,
 )
 from common.model.factory import build_model
-from common.runs.store import RunStore
 from common.serialization import get_weights
+from common.tracking.store import RunStore
 from server.strategy import RecommenderFedAvg
 from server.summary import federated_summary
 from tests.test_fairness_runs import assert_same

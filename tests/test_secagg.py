@@ -114,8 +114,8 @@ def test_too_many_dropouts_fail_the_round_cleanly_and_leave_the_model_unchanged(
     cfg = compose(" ".join([*SMALL, "strategy.num_rounds=2", f"cache_dir={tmp_path / 'cache'}"]))
     from common.data.run import load_run_data
     from common.model.factory import build_model
-    from common.runs.checkpoint import load_checkpoint
     from common.serialization import get_weights
+    from common.tracking.checkpoint import load_checkpoint
 
     init = get_weights(build_model(cfg, load_run_data(cfg)))
     after_round_1 = load_checkpoint(run)  # the state the run continued from after its failed round

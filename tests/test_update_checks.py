@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 
-from common.runs.store import RunStore
+from common.tracking.store import RunStore
 from common.training.updates import update_problem
 from server.strategy import RecommenderFedAvg
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from common.data import InteractionData
-from common.runs.store import atomic_write
+from common.tracking.store import atomic_write
 
 
 def _csv_text(header: list[str], rows) -> str:

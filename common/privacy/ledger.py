@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from common.privacy.accounting import AccountantState, PrivacyConfigError, independent_epsilon
-from common.runs.store import atomic_write
+from common.tracking.store import atomic_write
 
 log = logging.getLogger("fedrec")
 AGREEMENT = 0.01  # relative difference two accountants may show for the same mechanism

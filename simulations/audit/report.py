@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from common.privacy.ledger import AGREEMENT, RESOLUTION
-from common.runs.store import atomic_write
+from common.tracking.store import atomic_write
 from simulations.audit.facts import audit_block, budget_block, known_limits, privacy_block, secagg_block, spent_note
 from simulations.audit.identity import (
     ReportInputError,

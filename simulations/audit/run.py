@@ -25,7 +25,7 @@ from common.data.types import DataError
 from common.model.item_encoder import ModelPathError
 from common.privacy.accounting import PrivacyConfigError
 from common.privacy.canaries import audit_canaries, roc_auc, roc_curve
-from common.runs.store import atomic_write, json_safe
+from common.tracking.store import atomic_write, json_safe
 from simulations.run import app_overrides, completed_summary, execute  # also sets the offline env variables
 
 log = logging.getLogger("fedrec")

@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from common.runs.store import atomic_write
+from common.tracking.store import atomic_write
 from simulations.report.runs import FIXED_METRICS, NoRunsError, Run, assign_labels, find_runs, group_runs, sort_key
 
 

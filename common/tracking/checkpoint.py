@@ -16,19 +16,14 @@ sets the noise multiplier for the whole plan), so resuming with it changed is re
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
-
-from common.data.types import DataError, InteractionData
-from common.data.catalogue import items_fingerprint
 
 CHECKPOINT = Path("checkpoint") / "server_state.safetensors"
 MAY_CHANGE = ("resume", "output_dir", "device", "cache_dir", "simulation")
@@ -67,9 +62,16 @@ def save_checkpoint(run_dir: str | Path, ckpt: ServerCheckpoint) -> Path:
     if ckpt.optimizer is not None:
         arrays, opt_meta = _flatten_optimizer(ckpt.optimizer)
         tensors.update(arrays)
-    meta = {"round": ckpt.round, "strategy": ckpt.strategy, "optimizer": opt_meta, "seconds": ckpt.seconds,
-            "config": ckpt.config, "catalogue": ckpt.catalogue, "resumed_from": ckpt.resumed_from}
-    from common.runs.store import replace_durably
+    meta = {
+        "round": ckpt.round,
+        "strategy": ckpt.strategy,
+        "optimizer": opt_meta,
+        "seconds": ckpt.seconds,
+        "config": ckpt.config,
+        "catalogue": ckpt.catalogue,
+        "resumed_from": ckpt.resumed_from,
+    }
+    from common.tracking.store import replace_durably
 
     replace_durably(path, lambda tmp: save_file(tensors, str(tmp), metadata={_META: json.dumps(meta, sort_keys=True)}))
     return path
@@ -90,8 +92,16 @@ def load_checkpoint(run_dir: str | Path) -> ServerCheckpoint | None:
         raise CheckpointError(f"{path}: not a readable fedrec checkpoint ({type(e).__name__}: {e})") from None
     weights = [tensors[k] for k in sorted(k for k in tensors if k.startswith("weight."))]
     optimizer = _unflatten_optimizer(tensors, meta["optimizer"]) if meta.get("optimizer") else None
-    return ServerCheckpoint(int(meta["round"]), weights, meta["strategy"], optimizer, float(meta["seconds"]),
-                            meta["config"], meta["catalogue"], list(meta.get("resumed_from", [])))
+    return ServerCheckpoint(
+        int(meta["round"]),
+        weights,
+        meta["strategy"],
+        optimizer,
+        float(meta["seconds"]),
+        meta["config"],
+        meta["catalogue"],
+        list(meta.get("resumed_from", [])),
+    )
 
 
 def clear_checkpoint(run_dir: str | Path) -> None:
@@ -149,8 +159,10 @@ def check_config(ckpt: ServerCheckpoint, cfg: DictConfig, run_dir: str | Path, s
         shown = ", ".join(f"{k}: {old.get(k, '<unset>')} -> {new.get(k, '<unset>')}" for k in changed[:4])
         more = f" (+{len(changed) - 4} more)" if len(changed) > 4 else ""
         where = source or checkpoint_path(run_dir)
-        raise CheckpointError(f"resume=true: {where} was written with another config: {shown}"
-                              f"{more}; only {', '.join(MAY_CHANGE)}.* may change on resume")
+        raise CheckpointError(
+            f"resume=true: {where} was written with another config: {shown}"
+            f"{more}; only {', '.join(MAY_CHANGE)}.* may change on resume"
+        )
 
 
 def check_completed_config(cfg: DictConfig, run_dir: str | Path) -> None:
@@ -158,8 +170,10 @@ def check_completed_config(cfg: DictConfig, run_dir: str | Path) -> None:
     config.yaml must match, or resume=true would return another config's result as this one's."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
-        raise CheckpointError(f"resume=true: {run_dir} holds a summary.json but neither a checkpoint nor a "
-                              "config.yaml to check it against; use a new output_dir")
+        raise CheckpointError(
+            f"resume=true: {run_dir} holds a summary.json but neither a checkpoint nor a "
+            "config.yaml to check it against; use a new output_dir"
+        )
     check_config(ServerCheckpoint(0, [], config=fixed_config(OmegaConf.load(path))), cfg, run_dir, path)
 
 
@@ -171,9 +185,11 @@ def check_ledgers_survive(cfg: DictConfig) -> None:
     deployed = bool((cfg.get("deployment") or {}).get("catalogue"))  # ledgers in each SuperNode's state-dir
     # A simulation keeps them under its run folder by default (common.privacy.ledger.ledger_path).
     if per_client and not deployed and not privacy.get("ledger_dir") and not cfg.get("output_dir"):
-        raise CheckpointError("resume=true with privacy on needs privacy.ledger_dir or the run folder (the "
-                              "clients' ε ledgers on disk); without them their ledgers were lost with the killed "
-                              "run")
+        raise CheckpointError(
+            "resume=true with privacy on needs privacy.ledger_dir or the run folder (the "
+            "clients' ε ledgers on disk); without them their ledgers were lost with the killed "
+            "run"
+        )
 
 
 def resume_point(cfg: DictConfig, run_dir: str | Path) -> ServerCheckpoint | None:
@@ -201,7 +217,7 @@ def is_complete(cfg: DictConfig, run_dir: str | Path) -> bool:
 def keep_rounds_up_to(path: Path, last_round: int) -> int:
     """Drop the rows of rounds after ``last_round`` from a JSON-lines file (a round the killed
     process had half done), atomically; returns how many rows were dropped."""
-    from common.runs.store import atomic_write
+    from common.tracking.store import atomic_write
 
     if not path.is_file():
         return 0

@@ -113,5 +113,3 @@ class RunStore:
 
     def read_summary(self) -> dict:
         return json.loads(self.summary_path.read_text())
-
-

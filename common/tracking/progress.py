@@ -28,8 +28,14 @@ class RunProgress:
         if not progress_wanted() or total <= 0:
             return
         from rich.console import Console
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self._bar = Progress(
             TextColumn("[bold]{task.description}"),
@@ -52,7 +58,9 @@ class RunProgress:
         for name in ("", "flwr"):
             for h in logging.getLogger(name).handlers:
                 if type(h) is not logging.FileHandler and isinstance(h, logging.StreamHandler):
-                    target = sys.stderr if h.stream is sys.__stderr__ else sys.stdout if h.stream is sys.__stdout__ else None
+                    target = (
+                        sys.stderr if h.stream is sys.__stderr__ else sys.stdout if h.stream is sys.__stdout__ else None
+                    )
                     if target is not None:
                         self._redirected.append((h, h.setStream(target)))
 

@@ -1,15 +1,8 @@
-"""A run's summary.json: metrics split by protocol, timing, data statistics.
-"""
+"""A run's summary.json: metrics split by protocol, timing, data statistics."""
 
 from __future__ import annotations
-import json
-import math
-import os
-import shutil
-from pathlib import Path
-from typing import Any
+
 from omegaconf import DictConfig
-from common.config import to_yaml
 
 
 def split_metrics(means: dict[str, float]) -> dict[str, dict[str, float]]:
@@ -69,8 +62,12 @@ def _auc_metrics(sums) -> dict:
     hist = getattr(sums, "auc", None)
     if hist is None:
         return {}
-    return {"auc": hist.auc(), "auc_tie_bound": hist.tie_bound(), "auc_users": hist.count,
-            "auc_positives": int(hist.pos.sum())}
+    return {
+        "auc": hist.auc(),
+        "auc_tie_bound": hist.tie_bound(),
+        "auc_users": hist.count,
+        "auc_positives": int(hist.pos.sum()),
+    }
 
 
 def data_block(run) -> dict:
